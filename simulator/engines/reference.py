@@ -1,0 +1,102 @@
+"""The reference replay: the algorithm one draft step and one forward pass at a time.
+
+Slow on purpose: it is the executable specification the fast engine and the event engine are
+tested against, so it shares with them only the policy, the acceptance draws and the per-pass
+price. Every forward pass is priced as it happens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..latency import LatencyModel
+from ..policies import RULE_INDEX, Context, Outcome, Policy
+from ..trace import Trace
+from .replay import Pricer, Replay, Rounds, freerun_error
+
+
+def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0) -> Rounds:
+    rp = Replay(trace, seed)
+    rp.check(policy)
+    pricer = Pricer(latency, trace)
+    names = rp.signal_names(policy)
+    n_models = 1 + len(trace.drafters)
+    rows_out: list[tuple] = []
+
+    for p in range(trace.n_prompts):
+        lo, hi = int(trace.offsets[p]), int(trace.offsets[p + 1])
+        state = policy.initial_state()
+        seen = [0] * n_models  # tokens in each model's KV cache (0 = verifier)
+        length = int(trace.prompt_tokens[p])  # prompt + emitted tokens
+        t = 0
+
+        def forward(model: int, upto: int) -> int:
+            """Feed ``model`` every token up to sequence length ``upto``; its price in ns."""
+            ns = int(pricer.ns(model, np.int64(upto - seen[model]), np.int64(seen[model])))
+            seen[model] = upto
+            return ns
+
+        while lo + t < hi:
+            row = lo + t
+            run = 0
+            while row + run < hi - 1 and rp.u[row + run] < rp.accept[0, 0, row + run]:
+                run += 1
+            ctx = Context(position=t, remaining=hi - row,
+                          prev_verifier_entropy=trace.verifier_entropy[row - 1] if t else np.nan,
+                          first_entropy=trace.signals["entropy"][:, row]
+                          if policy.probes_all_drafters else None,
+                          run_length=run if policy.oracle else None)
+            plan = policy.plan(state, ctx)
+            d, cap = int(plan.drafter), min(int(plan.cap), hi - row - 1)
+            draft_ns = 0
+            if policy.probes_all_drafters:  # every drafter drafts step 0 at this position
+                for x in range(len(trace.drafters)):
+                    draft_ns += forward(1 + x, length)
+            steps: dict[str, list[float]] = {s: [] for s in names}
+            rules: list[int] = []
+            rejected_at = -1  # step of the first rejected draft, -1 while all accepted
+            stopped = False
+            for j in range(max(cap, 0)):
+                if not (policy.probes_all_drafters and j == 0):
+                    draft_ns += forward(1 + d, length + j)
+                for s in names:
+                    if rejected_at < 0:
+                        value = trace.signals[s][d, row + j]
+                    else:
+                        f = j - rejected_at - 1
+                        fr = trace.freerun.get(s)
+                        value = fr[d, row + rejected_at, f] if fr is not None and \
+                            f < trace.k_max else np.nan
+                        if np.isnan(value):
+                            raise freerun_error(trace, policy)
+                    steps[s].append(value)
+                sig = {s: np.asarray(v) for s, v in steps.items()}
+                rule = int(np.asarray(policy.rules(state, sig))[-1])
+                rules.append(rule)
+                if rejected_at < 0 and not rp.u[row + j] < rp.accept[rule, d, row + j]:
+                    rejected_at = j
+                if bool(np.asarray(policy.stop(state, sig))[-1]):
+                    stopped = True
+                    break
+            n = len(rules)
+            assert stopped or n == max(cap, 0)
+            a = n if rejected_at < 0 else rejected_at
+            deviating = relaxed = 0
+            bias = 0.0
+            for j in range(min(n, a + 1)):
+                if rules[j] != RULE_INDEX["standard"]:
+                    relaxed += 1
+                    bias += float(rp.bias[rules[j], d, row + j])
+                    if j < a and not rp.u[row + j] < rp.accept[0, d, row + j]:
+                        deviating += 1
+            verify_ns = forward(0, length + n)
+            seen[0] = length + a  # the verifier keeps the accepted prefix
+            for x in range(1, n_models):  # drafters drop their rejected drafts
+                seen[x] = min(seen[x], length + a)
+            rows_out.append((p, t, d, n, a, policy.probes_all_drafters, deviating, relaxed,
+                             bias, draft_ns, verify_ns, draft_ns + verify_ns))
+            state = policy.update(state, Outcome(d, n, a, {s: np.asarray(v)
+                                                           for s, v in steps.items()}))
+            t += a + 1
+            length += a + 1
+    return Rounds.from_rows(rows_out)

@@ -1,0 +1,209 @@
+"""What every engine shares: acceptance draws, a round's signals, and pricing in nanoseconds.
+
+Acceptance: position t of a prompt is tested at most once (in the round where it is the first
+rejection or an accepted draft), so one uniform u[t] per position decides it: a draft tested
+under rule R is accepted iff u[t] < accept_R[t]. Under greedy, accept_prob is 0 or 1 and the
+draw is irrelevant; under sampling it is a Monte-Carlo replay along the recorded trajectory
+with common random numbers across policies (same seed, same draws).
+
+Signals at draft step j of a round starting at t: teacher-forced (the trace row t+j) while every
+earlier draft of the round was accepted; after the first rejection at step i, the drafter is on
+its own continuation, and step j reads the free-run entry j-i-1 recorded at row t+i.
+
+Time: every forward pass is priced by the latency model and rounded to integer nanoseconds, so
+sums are exact and every engine's totals agree to the nanosecond whatever the summation order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TraceError
+from ..latency import LatencyModel
+from ..policies import RULE_INDEX, Context, Outcome, Policy
+from ..trace import RULE_NAMES, Trace
+
+ROUND_FIELDS = ("prompt", "start", "drafter", "drafted", "accepted", "probe", "deviating",
+                "relaxed", "bias", "draft_ns", "verify_ns", "wall_ns")
+
+
+@dataclass
+class Rounds:
+    """The log of a run: one entry per round, as parallel arrays (see ROUND_FIELDS)."""
+
+    prompt: np.ndarray
+    start: np.ndarray
+    drafter: np.ndarray
+    drafted: np.ndarray
+    accepted: np.ndarray
+    probe: np.ndarray
+    deviating: np.ndarray
+    relaxed: np.ndarray
+    bias: np.ndarray
+    draft_ns: np.ndarray
+    verify_ns: np.ndarray
+    wall_ns: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple]) -> Rounds:
+        cols = list(zip(*rows, strict=True)) if rows else [()] * len(ROUND_FIELDS)
+        types = (np.int64,) * 6 + (np.int64, np.int64, np.float64) + (np.int64,) * 3
+        return cls(*(np.asarray(c, dtype=t) for c, t in zip(cols, types, strict=True)))
+
+    @property
+    def emitted(self) -> np.ndarray:
+        return self.accepted + 1
+
+
+@dataclass
+class Replay:
+    """Arrays prepared once per (trace, seed) and shared by all policies run on it."""
+
+    trace: Trace
+    seed: int = 0
+    u: np.ndarray = field(init=False)
+    accept: np.ndarray = field(init=False)  # (R, D, N) acceptance probability per rule
+    bias: np.ndarray = field(init=False)  # (R, D, N) TV(pi, p) per rule
+    prompt_of: np.ndarray = field(init=False)  # (N,) prompt index of each row
+
+    def __post_init__(self) -> None:
+        tr = self.trace
+        self.u = np.random.default_rng(self.seed).random(tr.n_positions)
+        shape = (len(RULE_NAMES), len(tr.drafters), tr.n_positions)
+        self.accept = np.full(shape, np.nan)
+        self.bias = np.full(shape, np.nan)
+        for rule, i in RULE_INDEX.items():
+            if rule in tr.accept:
+                self.accept[i], self.bias[i] = tr.accept[rule], tr.bias[rule]
+        self.prompt_of = np.repeat(np.arange(tr.n_prompts), tr.lengths)
+
+    def check(self, policy: Policy) -> None:
+        """Raise TraceError if the trace lacks what ``policy`` reads."""
+        self.trace.require(f"policy {policy.name}", policy.signals() + policy.accept_rules())
+        if policy.probes_all_drafters and len(self.trace.drafters) < 2:
+            raise TraceError(f"{self.trace.path}: policy {policy.name} needs >= 2 drafters")
+
+    def signal_names(self, policy: Policy) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("entropy", *policy.signals())))
+
+    def accepted(self, rules: np.ndarray, d: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return self.u[rows] < self.accept[rules, d, rows]
+
+    def run_length(self, d: int, row: int, end: int) -> int:
+        """Consecutive drafts of drafter d accepted under the standard rule from ``row``."""
+        ok = self.u[row:end] < self.accept[0, d, row:end]
+        return int(np.argmin(ok)) if not ok.all() else end - row
+
+    def context(self, policy: Policy, p: int, t: int) -> Context:
+        """The Context of a round of prompt p starting at position t (scalars)."""
+        tr = self.trace
+        lo, hi = tr.offsets[p], tr.offsets[p + 1]
+        row = lo + t
+        prev = tr.verifier_entropy[row - 1] if t > 0 else np.nan
+        first = tr.signals["entropy"][:, row] if policy.probes_all_drafters else None
+        run = self.run_length(0, row, hi - 1) if policy.oracle else None
+        return Context(position=t, remaining=hi - row, prev_verifier_entropy=prev,
+                       first_entropy=first, run_length=run)
+
+
+def freerun_error(trace: Trace, policy: Policy) -> TraceError:
+    return TraceError(f"{trace.path}: policy {policy.name} drafts past the trace's free-run "
+                      f"horizon (k_max={trace.k_max}); lower its cap to <= {trace.k_max + 1}")
+
+
+def play_round(rp: Replay, policy: Policy, state: object, p: int, t: int
+               ) -> tuple[tuple, object]:
+    """Decide one round of prompt p at position t, the whole round's steps at once.
+
+    Returns ((drafter, drafted, accepted, probe, deviating, relaxed, bias), new state).
+    """
+    tr = rp.trace
+    lo, hi = int(tr.offsets[p]), int(tr.offsets[p + 1])
+    row = lo + t
+    plan = policy.plan(state, rp.context(policy, p, t))
+    d = int(plan.drafter)
+    cap = min(int(plan.cap), hi - row - 1)
+    probe = policy.probes_all_drafters
+    names = rp.signal_names(policy)
+    if cap <= 0:
+        out = (d, 0, 0, probe, 0, 0, 0.0)
+        return out, policy.update(state, Outcome(d, 0, 0, {s: np.zeros(0) for s in names}))
+    rows = np.arange(row, row + cap)
+    sig = {s: tr.signals[s][d, rows].copy() for s in names}
+    rules = np.asarray(policy.rules(state, sig), dtype=np.int64)
+    ok = rp.accepted(rules, np.full(cap, d), rows)
+    i = int(np.argmin(ok)) if not ok.all() else cap  # first rejected step
+    if i < cap - 1:  # steps after the first rejection read the free-run recorded at row+i
+        j = np.arange(i + 1, cap) - i - 1
+        inside = j < tr.k_max
+        for s in names:
+            fr = tr.freerun.get(s)
+            vals = np.full(j.size, np.nan)
+            if fr is not None:
+                vals[inside] = fr[d, row + i, j[inside]]
+            sig[s][i + 1:] = vals
+    stop = np.asarray(policy.stop(state, sig), dtype=bool)
+    n = int(np.argmax(stop)) + 1 if stop.any() else cap
+    if any(np.isnan(sig[s][:n]).any() for s in names):
+        raise freerun_error(tr, policy)
+    a = min(n, i)
+    decided = min(n, i + 1)  # positions whose token this round's rules decided
+    relaxed = rules[:decided] != RULE_INDEX["standard"]
+    std_ok = rp.u[rows[:a]] < rp.accept[0, d, rows[:a]]
+    deviating = int(np.sum(relaxed[:a] & ~std_ok))
+    bias = float(np.sum(rp.bias[rules[:decided], d, rows[:decided]]))
+    out = (d, n, a, probe, deviating, int(relaxed.sum()), bias)
+    return out, policy.update(state, Outcome(d, n, a, {s: v[:n] for s, v in sig.items()}))
+
+
+class Pricer:
+    """Integer-nanosecond prices of forward passes for one (latency model, trace)."""
+
+    def __init__(self, latency: LatencyModel, trace: Trace) -> None:
+        self.latency = latency
+        self.models = ("verifier", *trace.drafters)
+        self.max_context = int(trace.prompt_tokens.max() + trace.lengths.max() + 2)
+        ctx = np.arange(self.max_context + 1)
+        # one-token steps at every context, and their prefix sums, for O(1) range sums
+        self.step = np.stack([self.ns(m, np.ones_like(ctx), ctx) for m in range(len(self.models))])
+        self.cum = np.concatenate([np.zeros((len(self.models), 1), np.int64),
+                                   np.cumsum(self.step, axis=1)], axis=1)
+
+    def ns(self, model: int, new: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """Nanoseconds of a pass of model index ``model`` (0 = verifier, 1+d = drafter d)."""
+        sec = self.latency.seconds(self.models[model], np.asarray(new), np.asarray(context))
+        return np.rint(np.asarray(sec, dtype=np.float64) * 1e9).astype(np.int64)
+
+    def steps_ns(self, model: int, c0: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """Sum of one-token passes at contexts c0, c0+1, ..., c0+count-1."""
+        return self.cum[model, c0 + count] - self.cum[model, c0]
+
+    def baseline_ns(self, trace: Trace) -> np.ndarray:
+        """Per prompt: verifier-only decoding (prefill emits token 0, then one call a token)."""
+        ptok, length = trace.prompt_tokens, trace.lengths
+        prefill = self.ns(0, ptok, np.zeros_like(ptok))
+        return prefill + self.steps_ns(0, ptok, length - 1)
+
+
+def price_round(pricer: Pricer, seen: np.ndarray, length: int, d: int, n: int, a: int,
+                probe: bool) -> tuple[int, int]:
+    """(draft ns, verify ns) of one round; updates ``seen`` (tokens in each model's KV cache).
+
+    ``seen[0]`` is the verifier's, ``seen[1+x]`` drafter x's. ``length`` is the sequence
+    length (prompt + emitted) when the round starts. A model fed for the first time in a while
+    first catches up on every token it has not seen, in that same call.
+    """
+    draft = 0
+    for x in range(len(seen) - 1):
+        steps = max(n, 1) if (probe and x == d) else (1 if probe else (n if x == d else 0))
+        if steps == 0:
+            continue
+        m = 1 + x
+        draft += int(pricer.ns(m, length - seen[m], seen[m]))
+        draft += int(pricer.steps_ns(m, np.int64(length), np.int64(steps - 1)))
+        seen[m] = length + min(steps - 1, a if x == d else 0)
+    verify = int(pricer.ns(0, length - seen[0] + n, seen[0]))
+    seen[0] = length + a
+    return draft, verify
