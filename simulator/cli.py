@@ -1,0 +1,255 @@
+"""The ``sim`` command: parse, call the library, print. Bad input: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from .engines import ENGINES, PLACEMENTS, simulate
+from .errors import EntrospecError, LatencyError, PolicyError
+from .latency import LatencyModel, parse_latency
+from .policies import REGISTRY, make, names
+from .trace import Trace, read_meta, read_trace, schema_markdown
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Replay speculative-decoding traces through latency models.")
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_LATENCY = "auto"
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def _fail(msg: str) -> None:
+    err.print(f"sim: error: {msg}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an EntrospecError into one line and exit 2."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EntrospecError as exc:
+            _fail(str(exc))
+    return wrapper
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PolicyError(f"--param {item!r}: expected name=value")
+        params[key] = value
+    return params
+
+
+def latency_for(spec: str, trace_meta: dict[str, Any], pair: str | None) -> LatencyModel:
+    """Resolve ``--latency``; "auto" = the shipped profile of the trace's pair, else const."""
+    if spec == "auto":
+        pair_name = pair or trace_meta.get("pair")
+        found = sorted(PROFILES.glob(f"{pair_name}-*.json")) if pair_name else []
+        spec = f"profile:{found[0]}" if found else "const:draft=0.1,verify=1"
+    roles = None
+    if spec.startswith("roofline:"):
+        if not pair:
+            raise LatencyError("--latency roofline:HW needs --pair NAME")
+        roles = pair_roles(pair, trace_meta)
+    return parse_latency(spec, roles)
+
+
+def pair_roles(pair: str, trace_meta: dict[str, Any]) -> dict[str, str]:
+    """Map "verifier" and the trace's drafter names to model-config names for a pair."""
+    from .latency import CONFIG_DIR
+    pairs = json.loads((CONFIG_DIR / "pairs.json").read_text())["pairs"]
+    if pair not in pairs:
+        raise LatencyError(f"--pair {pair!r}: unknown; known: {', '.join(sorted(pairs))}")
+    entry = pairs[pair]
+    roles = {"verifier": entry["verifier"]}
+    drafters = [d["name"] if isinstance(d, dict) else d for d in trace_meta["drafters"]]
+    for i, name in enumerate(drafters):
+        roles[name] = entry["drafters"][min(i, len(entry["drafters"]) - 1)]
+    return roles
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def print_result(r: dict[str, Any]) -> None:
+    t = Table(title=f"{r['policy']} {_fmt(r['params'])}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_column(style="dim")
+    rows = [
+        ("speedup", r["speedup"], "x vs verifier-only, same pricing"),
+        ("oracle speedup", r.get("oracle_speedup"), "x, upper bound at the same cap"),
+        ("tokens/s", r["tokens_per_second"], "tokens per second"),
+        ("verifier-only tokens/s", r["baseline_tokens_per_second"], "tokens per second"),
+        ("acceptance rate", r["acceptance_rate"], "accepted / drafted"),
+        ("mean accepted tokens", r["mean_accepted_tokens"], "tokens per verifier call, bonus incl."),
+        ("latency p50/p90/p99", "/".join(f"{r['latency_ms'][q]:.3g}" for q in ("p50", "p90", "p99")),
+         "ms per token"),
+        ("verifier calls", r["verifier_calls"], "forward passes"),
+        ("drafter calls", r["drafter_calls"], "forward passes"),
+        ("wasted draft tokens", r["wasted_draft_tokens"], "drafted, not accepted"),
+        ("draft length hist", r["draft_length_hist"], "drafted tokens: rounds"),
+    ]
+    if "drafter_share" in r:
+        rows.append(("drafter share", r["drafter_share"], "rounds per drafter"))
+    if "deviating_tokens" in r:
+        rows.append(("deviating tokens", r["deviating_tokens"], "differ from the verifier's"))
+        rows.append(("quality bias", r["quality_bias"], "sum of per-position TV(pi, p)"))
+    if "serving" in r:
+        s = r["serving"]
+        rows.append(("throughput", s["throughput_tokens_per_second"],
+                     f"tokens/s, {s['concurrency']} in flight, {s['placement']} devices"))
+    rows += [("tokens", r["tokens"], f"{r['prompts']} prompts"), ("priced by", r["pricing"], ""),
+             ("engine", r["engine"], ""), ("trace", r["trace"],
+                                               "SYNTHETIC" if r["synthetic"] else "")]
+    for name, value, unit in rows:
+        t.add_row(name, _fmt(value), unit)
+    out.print(t)
+
+
+Trace_ = Annotated[Path, typer.Option("--trace", help="trace Parquet file")]
+Policy_ = Annotated[str, typer.Option("--policy", help="policy name (see `sim policies`)")]
+Param_ = Annotated[list[str], typer.Option("--param", help="policy parameter name=value "
+                                                          "(repeatable)")]
+Latency_ = Annotated[str, typer.Option("--latency", help="auto | const:draft=C,verify=V | "
+                                                        "profile:PATH | roofline:HW")]
+Pair_ = Annotated[str | None, typer.Option("--pair", help="model pair (roofline pricing)")]
+Seed_ = Annotated[int, typer.Option("--seed", help="seed of the acceptance draws (sampled "
+                                                    "traces)")]
+
+
+@app.command()
+@user_errors
+def run(trace: Trace_, policy: Policy_ = "fixed", param: Param_ = [],  # noqa: B006
+        latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0,
+        engine: Annotated[str, typer.Option(help=f"one of {', '.join(ENGINES)}")] = "fast",
+        concurrency: Annotated[int, typer.Option(help="requests in flight (events engine)")] = 1,
+        placement: Annotated[str, typer.Option(help="shared | separate (events engine)")]
+        = "shared",
+        json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+        ) -> None:
+    """Simulate one policy on one trace and print its metrics."""
+    if engine not in ENGINES:
+        raise PolicyError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
+    if placement not in PLACEMENTS:
+        raise PolicyError(f"--placement {placement!r}: one of {', '.join(PLACEMENTS)}")
+    if concurrency < 1 or (concurrency > 1 and engine != "events"):
+        raise PolicyError("--concurrency must be >= 1, and > 1 only with --engine events")
+    pol = make(policy, parse_params(param))
+    tr: Trace = read_trace(trace)
+    lat = latency_for(latency, tr.meta, pair)
+    result = simulate(tr, pol, lat, engine=engine, seed=seed, concurrency=concurrency,
+                      placement=placement)
+    if json_out:
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    else:
+        print_result(result)
+
+
+@app.command()
+@user_errors
+def sweep(trace: Annotated[list[Path], typer.Option("--trace", help="trace file (repeatable)")],
+          policy: Policy_,
+          grid: Annotated[list[str], typer.Option("--grid", help="name=a:b:step or "
+                                                                 "name=v1,v2 (repeatable)")],
+          out_path: Annotated[Path, typer.Option("--out", help=".parquet or .csv")]
+          = Path("sweep.parquet"),
+          latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0,
+          workers: Annotated[int, typer.Option(help="processes (0 = all cores)")] = 0,
+          top: Annotated[int, typer.Option(help="best configurations to print")] = 5) -> None:
+    """Evaluate a parameter grid on all cores; write results; print best and Pareto front."""
+    from .sweep import best, pareto_front, parse_grid, run_sweep, write_rows
+    g = parse_grid(grid)
+    paths = [str(p) for p in trace]
+    meta = read_meta(paths[0])
+    for p in paths:
+        read_trace(p)  # validate every trace before forking workers
+    lat = latency_for(latency, meta, pair)
+    total = len(paths) * int(__import__("math").prod(len(v) for v in g.values()))
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  disable=not err.is_terminal) as prog:
+        task = prog.add_task(f"sweep {policy}", total=total)
+        rows = run_sweep(paths, policy, g, lat, seed, workers or None,
+                         progress=lambda done, _t: prog.update(task, completed=done))
+    write_rows(rows, str(out_path))
+    for title, chosen in (("best by speedup", best(rows, top)),
+                          ("speed/quality Pareto front", pareto_front(rows))):
+        t = Table(title=title)
+        keys = [k for k in rows[0] if k.startswith("param_")]
+        for k in [*keys, "speedup", "acceptance_rate", "quality_bias"]:
+            t.add_column(k.removeprefix("param_"), justify="right")
+        if len(paths) > 1:
+            t.add_column("trace")
+        for r in chosen:
+            cells = [_fmt(r[k]) for k in keys] + [_fmt(r["speedup"]), _fmt(r["acceptance_rate"]),
+                                                  _fmt(r.get("quality_bias"))]
+            t.add_row(*cells, *([r["trace"]] if len(paths) > 1 else []))
+        out.print(t)
+    out.print(f"{len(rows)} rows -> {out_path} (priced by {rows[0]['pricing']}; oracle speedup "
+              f"{rows[0]['oracle_speedup']:.4g}x at the first config's cap)")
+
+
+@app.command()
+@user_errors
+def synth(alpha: Annotated[str, typer.Option(help="acceptance rate per drafter, comma list")],
+          tokens: Annotated[int, typer.Option(help="positions in all")],
+          out_path: Annotated[Path, typer.Option("--out", help="output Parquet")],
+          prompts: Annotated[int, typer.Option(help="prompts the tokens are split over")] = 25,
+          seed: Annotated[int, typer.Option(help="random seed")] = 0,
+          k_max: Annotated[int, typer.Option(help="free-run length recorded")] = 16) -> None:
+    """Write a synthetic trace with i.i.d. acceptance (marked synthetic)."""
+    from .errors import TraceError
+    from .synth import write_synth
+    try:
+        alphas = [float(a) for a in alpha.split(",")]
+    except ValueError:
+        raise TraceError(f"--alpha {alpha!r}: expected numbers, comma separated") from None
+    write_synth(out_path, alphas, tokens, prompts, seed, k_max)
+    out.print(f"wrote {out_path}: {tokens} positions x {len(alphas)} drafter(s), synthetic")
+
+
+@app.command()
+def policies() -> None:
+    """List the registered policies and their parameters."""
+    import dataclasses
+    t = Table(title="policies")
+    for col in ("name", "parameters (defaults)", "kind"):
+        t.add_column(col)
+    for name in names():
+        cls = REGISTRY[name]
+        params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        kind = ", ".join(k for k, on in (("memoryless", cls.memoryless), ("lossy", cls.lossy),
+                                         ("oracle", cls.oracle)) if on)
+        t.add_row(name, params, kind)
+    out.print(t)
+
+
+@app.command()
+def schema() -> None:
+    """Print the trace schema (Markdown table)."""
+    sys.stdout.write(schema_markdown() + "\n")
+
+
+def main() -> None:  # pragma: no cover
+    app()
