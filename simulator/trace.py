@@ -43,9 +43,10 @@ REQUIRED: dict[str, tuple[pa.DataType, str]] = {
     "accept_prob": (pa.float32(), "sum_x min(p(x), q(x)) at the recorded temperature; "
                                   "equals draft_match under greedy"),
     "verifier_entropy": (pa.float32(), "nats: Shannon entropy of the verifier's distribution"),
-    "freerun_entropy": (pa.list_(pa.float32()), "nats, up to K_max values, null where "
-                        "draft_match: drafter entropies along its own continuation after "
-                        "drafting its argmax here"),
+    "freerun_entropy": (pa.list_(pa.float32()), "nats, up to K_max values: the drafter's "
+                        "entropies along its own continuation after drafting here (its argmax "
+                        "under greedy); null where no rejection can happen (draft_match under "
+                        "greedy, accept_prob == 1 under sampling)"),
 }
 
 # Optional columns. Policies declare the ones they read; a missing one is reported by name.
