@@ -11,6 +11,7 @@ Units: entropies in nats, probabilities in [0, 1], positions and lengths in toke
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -93,7 +94,7 @@ META_REQUIRED = ("schema_version", "verifier", "drafters", "dataset", "decoding"
                  "hardware", "recorded", "synthetic")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Trace:
     """A trace in memory, as arrays. D drafters, P prompts, N positions in all.
 
@@ -129,8 +130,9 @@ class Trace:
     def k_max(self) -> int:
         return int(self.meta["k_max"])
 
-    @property
+    @functools.cached_property
     def lengths(self) -> np.ndarray:
+        """(P,) tokens generated per prompt."""
         return np.diff(self.offsets)
 
     def require(self, what: str, names: tuple[str, ...]) -> None:

@@ -22,6 +22,7 @@ import simpy
 from ..latency import LatencyModel
 from ..policies import Policy
 from ..trace import Trace
+from .fast import all_starts
 from .replay import Pricer, Replay, Rounds, play_round, price_round
 
 PLACEMENTS = ("shared", "separate")
@@ -52,23 +53,44 @@ def run_events(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 
     ends = np.zeros(trace.n_prompts, dtype=np.int64)
     queue = list(range(trace.n_prompts))[::-1]
 
+    solo = concurrency <= 1
+    planned: dict[tuple[int, int], tuple] = {}
+    if policy.memoryless:  # decisions do not depend on state: take them all at once
+        s, dd, nn, aa, dev, rel, bias, _ = all_starts(rp, policy)
+        probe = policy.probes_all_drafters
+        prompt = rp.prompt_of[s]
+        keys = zip(prompt.tolist(), (s - trace.offsets[prompt]).tolist(), strict=True)
+        vals = zip(dd.tolist(), nn.tolist(), aa.tolist(), [probe] * s.size, dev.tolist(),
+                   rel.tolist(), bias.tolist(), strict=True)
+        planned = dict(zip(keys, vals, strict=True))
+        if nn.any():
+            from .fast import check_freerun
+            check_freerun(rp, policy, _, s, nn)
+
     def request(p: int) -> Generator[simpy.Event, object, None]:
         state = policy.initial_state()
-        seen = np.zeros(1 + len(trace.drafters), dtype=np.int64)
+        seen = [0] * (1 + len(trace.drafters))
         t, length = 0, int(trace.prompt_tokens[p])
         starts[p] = env.now
-        while t < trace.lengths[p]:
+        end = int(trace.lengths[p])
+        while t < end:
             began = env.now
-            out, state = play_round(rp, policy, state, p, t)
+            if planned:
+                out = planned[p, t]
+            else:
+                out, state = play_round(rp, policy, state, p, t)
             d, n, a, probe = out[0], out[1], out[2], out[3]
             draft_ns, verify_ns = price_round(pricer, seen, length, d, n, a, probe)
-            if draft_ns:
+            if solo:  # one request in flight: no contention, the devices are always free
+                yield env.timeout(draft_ns + verify_ns)
+            elif draft_ns:
                 with drafter_dev.request() as req:
                     yield req
                     yield env.timeout(draft_ns)
-            with verifier_dev.request() as req:
-                yield req
-                yield env.timeout(verify_ns)
+            if not solo:
+                with verifier_dev.request() as req:
+                    yield req
+                    yield env.timeout(verify_ns)
             log.append((p, t, *out, draft_ns, verify_ns, env.now - began))
             t += a + 1
             length += a + 1

@@ -10,6 +10,8 @@ once. Metrics equal the reference replay's exactly (tests/simulator/test_engines
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..latency import LatencyModel
@@ -38,6 +40,39 @@ def walk(advance: np.ndarray, offsets: np.ndarray) -> np.ndarray:  # pragma: no 
     return out[:k]
 
 
+@njit(cache=True)
+def walk_stops(stop: np.ndarray, cap: np.ndarray, first_reject: np.ndarray,
+               missing: np.ndarray, offsets: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:  # pragma: no cover
+    """Follow rounds through each prompt reading the (starts, steps) stop matrix.
+
+    Returns the start rows of the rounds, tokens drafted and drafts accepted in each, and
+    whether a drafted step lacked its free-run signal (``missing``).
+    """
+    gap = False
+    n_rows = offsets[-1]
+    starts = np.empty(n_rows, dtype=np.int64)
+    drafted = np.empty(n_rows, dtype=np.int64)
+    accepted = np.empty(n_rows, dtype=np.int64)
+    k = 0
+    for p in range(offsets.size - 1):
+        r = offsets[p]
+        while r < offsets[p + 1]:
+            c = cap[r]
+            n = c
+            for j in range(c):
+                if stop[r, j]:
+                    n = j + 1
+                    break
+            a = min(n, first_reject[r])
+            for j in range(n):
+                gap |= missing[r, j]
+            starts[k], drafted[k], accepted[k] = r, n, a
+            k += 1
+            r += a + 1
+    return starts[:k], drafted[:k], accepted[:k], gap
+
+
 def run_lengths(rp: Replay, d: int) -> np.ndarray:
     """(N,) standard-rule accepted drafts from each row, within its prompt (not its last row)."""
     tr = rp.trace
@@ -48,61 +83,117 @@ def run_lengths(rp: Replay, d: int) -> np.ndarray:
     return next_reject - idx
 
 
-def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
-    """For every row as a round start: (drafter, drafted, accepted, deviating, relaxed, bias)."""
+@dataclass(frozen=True)
+class StartMatrices:
+    """Per (starts, steps) matrices of every possible round, independent of the stop rule."""
+
+    at: np.ndarray  # (N, K) teacher-forced row of step j
+    rules: np.ndarray  # (N, K) rule index of each step
+    first_reject: np.ndarray  # (N,) first rejected step, K if none within K steps
+    sig: dict[str, np.ndarray]  # (N, K) signals, free-run substituted after first_reject
+    missing: np.ndarray  # (N, >=K) bool, C-contiguous: a step's free-run signal is missing
+
+
+def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMatrices:
+    """Build (or fetch from ``rp``'s cache) the matrices of drafter choice ``d`` and cap ``k``.
+
+    Policies that only use the standard rule share one entry per (d, k, signals): a sweep pays
+    for these gathers once, and per configuration only for its own stop rule.
+    """
     tr = rp.trace
+    names = rp.signal_names(policy)
+    standard_only = policy.accept_rules() == ("standard",)
+    key = (names, d.tobytes() if d.any() else 0) if standard_only else None
+    if key is not None and key in rp.cache and rp.cache[key].at.shape[1] >= k:
+        m = rp.cache[key]  # computed for a larger cap: steps are prefix-causal, so slice
+        return StartMatrices(m.at[:, :k], m.rules[:, :k], np.minimum(m.first_reject, k),
+                             {s: v[:, :k] for s, v in m.sig.items()}, m.missing)
     n_pos = tr.n_positions
     rows = np.arange(n_pos)
-    hi = np.repeat(tr.offsets[1:], tr.lengths)
-    prev = np.concatenate([[np.nan], tr.verifier_entropy[:-1]])
-    prev[tr.offsets[:-1]] = np.nan
-    ctx = Context(position=rows - np.repeat(tr.offsets[:-1], tr.lengths), remaining=hi - rows,
-                  prev_verifier_entropy=prev,
-                  first_entropy=tr.signals["entropy"] if policy.probes_all_drafters else None,
-                  run_length=run_lengths(rp, 0) if policy.oracle else None)
-    plan = policy.plan(policy.initial_state(), ctx)
-    d = np.broadcast_to(np.asarray(plan.drafter, dtype=np.int64), (n_pos,))
-    cap = np.clip(np.minimum(np.asarray(plan.cap, dtype=np.int64), hi - rows - 1), 0, None)
-    k = int(cap.max(initial=0))
-    if k == 0:
-        z = np.zeros(n_pos, dtype=np.int64)
-        return d, z, z, z, z, np.zeros(n_pos)
     j = np.arange(k)
-    live = j < cap[:, None]  # (N, K) steps within the cap
-    at = np.minimum(rows[:, None] + j, n_pos - 1)  # teacher-forced row of step j
+    at = np.minimum(rows[:, None] + j, n_pos - 1)
     dd = d[:, None]
-    names = rp.signal_names(policy)
     sig = {s: tr.signals[s][dd, at] for s in names}
-    rules = np.asarray(policy.rules(None, sig), dtype=np.int64)
-    ok = (rp.u[at] < rp.accept[rules, dd, at]) & live
-    i = np.where(ok.all(axis=1), k, np.argmin(ok, axis=1))  # first rejected step (or cap)
-    f = j - i[:, None] - 1  # free-run index of step j, valid where f >= 0
+    rules = np.zeros(at.shape, np.int64) if standard_only else \
+        np.asarray(policy.rules(None, sig), dtype=np.int64)
+    ok = rp.u[at] < rp.accept[rules, dd, at]
+    ok[at != rows[:, None] + j] = False  # past the trace's end
+    first = np.where(ok.all(axis=1), k, np.argmin(ok, axis=1))
+    f = j - first[:, None] - 1  # free-run index of step j, valid where f >= 0
     after = f >= 0
     if after.any():
-        src = np.minimum(rows + i, n_pos - 1)[:, None]
+        src = np.minimum(rows + first, n_pos - 1)[:, None]
         fc = np.clip(f, 0, tr.k_max - 1)
         for s in names:
             fr = tr.freerun.get(s)
             vals = fr[dd, src, fc] if fr is not None else np.full(f.shape, np.nan)
-            vals = np.where(f < tr.k_max, vals, np.nan)
-            sig[s] = np.where(after, vals, sig[s])
-    stop = np.asarray(policy.stop(None, sig), dtype=bool) & live
-    n = np.where(stop.any(axis=1), np.argmax(stop, axis=1) + 1, cap)
-    drafted = j < n[:, None]
-    if any(np.isnan(sig[s][drafted]).any() for s in names):
-        bad = drafted & np.logical_or.reduce([np.isnan(sig[s]) for s in names])
-        starts_bad = np.flatnonzero(bad.any(axis=1))
-        # only a problem if such a start is actually visited by the walk
-        visited = walk(np.minimum(n, i) + 1, tr.offsets)
-        if np.intersect1d(starts_bad, visited).size:
+            sig[s] = np.where(after, np.where(f < tr.k_max, vals, np.nan), sig[s])
+    missing = np.logical_or.reduce([np.isnan(v) for v in sig.values()])
+    out = StartMatrices(at, rules, first, sig, np.ascontiguousarray(missing))
+    if key is not None:
+        rp.cache[key] = out
+    return out
+
+
+def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
+    """The rounds a memoryless policy plays: start rows, drafter, drafted, accepted,
+    deviating, relaxed, bias (one entry per round), and the matrices the policy saw."""
+    tr = rp.trace
+    n_pos = tr.n_positions
+    rows = np.arange(n_pos)
+    if "context" not in rp.cache:
+        hi = np.repeat(tr.offsets[1:], tr.lengths)
+        prev = np.concatenate([[np.nan], tr.verifier_entropy[:-1]])
+        prev[tr.offsets[:-1]] = np.nan
+        rp.cache["context"] = Context(
+            position=rows - np.repeat(tr.offsets[:-1], tr.lengths), remaining=hi - rows,
+            prev_verifier_entropy=prev, first_entropy=tr.signals["entropy"],
+            run_length=run_lengths(rp, 0))
+    full = rp.cache["context"]
+    ctx = Context(position=full.position, remaining=full.remaining,
+                  prev_verifier_entropy=full.prev_verifier_entropy,
+                  first_entropy=full.first_entropy if policy.probes_all_drafters else None,
+                  run_length=full.run_length if policy.oracle else None)
+    hi = full.remaining + rows
+    plan = policy.plan(policy.initial_state(), ctx)
+    d = np.ascontiguousarray(np.broadcast_to(np.asarray(plan.drafter, dtype=np.int64), (n_pos,)))
+    cap = np.clip(np.minimum(np.asarray(plan.cap, dtype=np.int64), hi - rows - 1), 0, None)
+    k = int(cap.max(initial=0))
+    if k == 0:
+        s = walk(np.ones(n_pos, dtype=np.int64), tr.offsets)
+        zero = np.zeros(s.size, dtype=np.int64)
+        return s, d[s], zero, zero, zero, zero, np.zeros(s.size), None
+    m = start_matrices(rp, policy, d, k)
+    stop = np.ascontiguousarray(policy.stop(None, m.sig), dtype=np.bool_)
+    if not (m.rules.any() or policy.lossy):  # only the visited rounds matter
+        s, n, a, gap = walk_stops(stop, cap, m.first_reject, m.missing, tr.offsets)
+        if gap:
             raise freerun_error(tr, policy)
+        return s, d[s], n, a, np.zeros_like(s), np.zeros_like(s), np.zeros(s.size), m
+    j = np.arange(k)
+    live = j < cap[:, None]
+    i = np.minimum(m.first_reject, cap)
+    stop &= live
+    n = np.where(stop.any(axis=1), np.argmax(stop, axis=1) + 1, cap)
     a = np.minimum(n, i)
+    dd = d[:, None]
     decided = j < np.minimum(n, i + 1)[:, None]
-    relaxed = (rules != RULE_INDEX["standard"]) & decided
-    std_ok = rp.u[at] < rp.accept[0, dd, at]
+    relaxed = (m.rules != RULE_INDEX["standard"]) & decided
+    std_ok = rp.u[m.at] < rp.accept[0, dd, m.at]
     deviating = np.sum(relaxed & (j < a[:, None]) & ~std_ok, axis=1)
-    bias = np.sum(np.where(relaxed, rp.bias[rules, dd, at], 0.0), axis=1)
-    return d, n, a, deviating, relaxed.sum(axis=1), bias
+    bias = np.sum(np.where(relaxed, rp.bias[m.rules, dd, m.at], 0.0), axis=1)
+    s = walk(a + 1, tr.offsets)
+    return s, d[s], n[s], a[s], deviating[s], relaxed.sum(axis=1)[s], bias[s], m
+
+
+def check_freerun(rp: Replay, policy: Policy, m: StartMatrices | None, starts: np.ndarray,
+                  drafted: np.ndarray) -> None:
+    """Raise if a played round drafts a step whose free-run signal was not recorded."""
+    if m is None or not drafted.any():
+        return
+    steps = np.arange(m.at.shape[1]) < drafted[:, None]
+    if (m.missing[starts, : steps.shape[1]] & steps).any():
+        raise freerun_error(rp.trace, policy)
 
 
 def price_rounds(pricer: Pricer, tr: Trace, r: Rounds) -> Rounds:
@@ -137,13 +228,14 @@ def run_fast(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
     rp.check(policy)
     pricer = pricer or Pricer(latency, trace)
     if policy.memoryless:
-        d, n, a, dev, rel, bias = all_starts(rp, policy)
-        s = walk(a + 1, trace.offsets)
+        s, d, n, a, dev, rel, bias, m = all_starts(rp, policy)
+        if policy.lossy or (m is not None and m.rules.any()):
+            check_freerun(rp, policy, m, s, n)
         zeros = np.zeros(s.size, dtype=np.int64)
         r = Rounds(prompt=rp.prompt_of[s], start=s - trace.offsets[rp.prompt_of[s]],
-                   drafter=d[s], drafted=n[s], accepted=a[s],
+                   drafter=d, drafted=n, accepted=a,
                    probe=np.full(s.size, policy.probes_all_drafters, dtype=np.int64),
-                   deviating=dev[s], relaxed=rel[s], bias=bias[s], draft_ns=zeros,
+                   deviating=dev, relaxed=rel, bias=bias, draft_ns=zeros,
                    verify_ns=zeros, wall_ns=zeros)
     else:
         rows = []

@@ -67,6 +67,7 @@ class Replay:
     accept: np.ndarray = field(init=False)  # (R, D, N) acceptance probability per rule
     bias: np.ndarray = field(init=False)  # (R, D, N) TV(pi, p) per rule
     prompt_of: np.ndarray = field(init=False)  # (N,) prompt index of each row
+    cache: dict = field(init=False, default_factory=dict)  # the fast engine's shared matrices
 
     def __post_init__(self) -> None:
         tr = self.trace
@@ -161,15 +162,29 @@ def play_round(rp: Replay, policy: Policy, state: object, p: int, t: int
 class Pricer:
     """Integer-nanosecond prices of forward passes for one (latency model, trace)."""
 
+    SMALL = 24  # passes over at most this many new tokens are looked up, not computed
+
     def __init__(self, latency: LatencyModel, trace: Trace) -> None:
         self.latency = latency
         self.models = ("verifier", *trace.drafters)
         self.max_context = int(trace.prompt_tokens.max() + trace.lengths.max() + 2)
+        self.small: np.ndarray | None = None  # (models, SMALL+1, contexts) lazily
         ctx = np.arange(self.max_context + 1)
         # one-token steps at every context, and their prefix sums, for O(1) range sums
         self.step = np.stack([self.ns(m, np.ones_like(ctx), ctx) for m in range(len(self.models))])
         self.cum = np.concatenate([np.zeros((len(self.models), 1), np.int64),
                                    np.cumsum(self.step, axis=1)], axis=1)
+
+    def one(self, model: int, new: int, context: int) -> int:
+        """``ns`` of a single pass, from a lookup table for the common small ``new``."""
+        if new <= self.SMALL and context <= self.max_context:
+            if self.small is None:
+                ctx = np.arange(self.max_context + 1)
+                self.small = np.stack([np.stack([self.ns(m, np.full_like(ctx, k), ctx)
+                                                 for k in range(self.SMALL + 1)])
+                                       for m in range(len(self.models))])
+            return int(self.small[model, new, context])
+        return int(self.ns(model, np.int64(new), np.int64(context)))
 
     def ns(self, model: int, new: np.ndarray, context: np.ndarray) -> np.ndarray:
         """Nanoseconds of a pass of model index ``model`` (0 = verifier, 1+d = drafter d)."""
@@ -187,7 +202,7 @@ class Pricer:
         return prefill + self.steps_ns(0, ptok, length - 1)
 
 
-def price_round(pricer: Pricer, seen: np.ndarray, length: int, d: int, n: int, a: int,
+def price_round(pricer: Pricer, seen: list[int], length: int, d: int, n: int, a: int,
                 probe: bool) -> tuple[int, int]:
     """(draft ns, verify ns) of one round; updates ``seen`` (tokens in each model's KV cache).
 
@@ -201,9 +216,9 @@ def price_round(pricer: Pricer, seen: np.ndarray, length: int, d: int, n: int, a
         if steps == 0:
             continue
         m = 1 + x
-        draft += int(pricer.ns(m, length - seen[m], seen[m]))
-        draft += int(pricer.steps_ns(m, np.int64(length), np.int64(steps - 1)))
+        draft += pricer.one(m, length - seen[m], seen[m])
+        draft += int(pricer.cum[m, length + steps - 1] - pricer.cum[m, length])
         seen[m] = length + min(steps - 1, a if x == d else 0)
-    verify = int(pricer.ns(0, length - seen[0] + n, seen[0]))
+    verify = pricer.one(0, length - seen[0] + n, seen[0])
     seen[0] = length + a
     return draft, verify

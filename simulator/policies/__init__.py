@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
 import typing
@@ -30,9 +31,13 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
-    hints = typing.get_type_hints(REGISTRY[policy])
-    typ = hints[field.name]
+    typ = _hints(REGISTRY[policy])[field.name]
     if not isinstance(value, str):
         return value
     try:
