@@ -71,7 +71,8 @@ def synth_columns(alphas: Sequence[float], tokens: int, prompts: int, seed: int,
         for name, val in (("freerun_entropy", fr_ent), ("freerun_top1_prob", fr_top1),
                           ("freerun_renyi2_entropy", fr_ent * 0.75),
                           ("freerun_topk_entropy", np.minimum(fr_ent, np.log(TOPK)))):
-            lists: list = [None if m else row for m, row in zip(match, val.astype(np.float32))]
+            lists: list = [None if m else row for m, row in zip(match, val.astype(np.float32),
+                                                                  strict=True)]
             blocks.setdefault(name, []).append(lists)
 
     n_d = len(alphas)

@@ -184,7 +184,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _check_types(p: str, schema: pa.Schema) -> None:
     names = set(schema.names)
-    for col, (typ, _) in REQUIRED.items():
+    for col in REQUIRED:
         if col not in names:
             raise _fail(p, f"missing required column {col!r}")
     for col, (typ, _) in {**REQUIRED, **OPTIONAL}.items():

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..latency import LatencyModel
-from ..policies import RULE_INDEX, Context, Policy
+from ..policies import Context, Policy
+from ..policies.base import VERIFIER_DECIDES
 from ..trace import Trace
 from .replay import Pricer, Replay, Rounds, freerun_error, play_round
 
@@ -92,6 +93,7 @@ class StartMatrices:
     first_reject: np.ndarray  # (N,) first rejected step, K if none within K steps
     sig: dict[str, np.ndarray]  # (N, K) signals, free-run substituted after first_reject
     missing: np.ndarray  # (N, >=K) bool, C-contiguous: a step's free-run signal is missing
+    relaxed: bool  # some step uses a non-standard acceptance rule
 
 
 def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMatrices:
@@ -107,7 +109,7 @@ def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMa
     if key is not None and key in rp.cache and rp.cache[key].at.shape[1] >= k:
         m = rp.cache[key]  # computed for a larger cap: steps are prefix-causal, so slice
         return StartMatrices(m.at[:, :k], m.rules[:, :k], np.minimum(m.first_reject, k),
-                             {s: v[:, :k] for s, v in m.sig.items()}, m.missing)
+                             {s: v[:, :k] for s, v in m.sig.items()}, m.missing, m.relaxed)
     n_pos = tr.n_positions
     rows = np.arange(n_pos)
     j = np.arange(k)
@@ -129,7 +131,8 @@ def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMa
             vals = fr[dd, src, fc] if fr is not None else np.full(f.shape, np.nan)
             sig[s] = np.where(after, np.where(f < tr.k_max, vals, np.nan), sig[s])
     missing = np.logical_or.reduce([np.isnan(v) for v in sig.values()])
-    out = StartMatrices(at, rules, first, sig, np.ascontiguousarray(missing))
+    out = StartMatrices(at, rules, first, sig, np.ascontiguousarray(missing),
+                        bool(rules.any()))
     if key is not None:
         rp.cache[key] = out
     return out
@@ -165,7 +168,7 @@ def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
         return s, d[s], zero, zero, zero, zero, np.zeros(s.size), None
     m = start_matrices(rp, policy, d, k)
     stop = np.ascontiguousarray(policy.stop(None, m.sig), dtype=np.bool_)
-    if not (m.rules.any() or policy.lossy):  # only the visited rounds matter
+    if not (m.relaxed or policy.lossy):  # only the visited rounds matter
         s, n, a, gap = walk_stops(stop, cap, m.first_reject, m.missing, tr.offsets)
         if gap:
             raise freerun_error(tr, policy)
@@ -178,7 +181,7 @@ def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
     a = np.minimum(n, i)
     dd = d[:, None]
     decided = j < np.minimum(n, i + 1)[:, None]
-    relaxed = (m.rules != RULE_INDEX["standard"]) & decided
+    relaxed = ~np.isin(m.rules, VERIFIER_DECIDES) & decided
     std_ok = rp.u[m.at] < rp.accept[0, dd, m.at]
     deviating = np.sum(relaxed & (j < a[:, None]) & ~std_ok, axis=1)
     bias = np.sum(np.where(relaxed, rp.bias[m.rules, dd, m.at], 0.0), axis=1)
@@ -229,7 +232,7 @@ def run_fast(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
     pricer = pricer or Pricer(latency, trace)
     if policy.memoryless:
         s, d, n, a, dev, rel, bias, m = all_starts(rp, policy)
-        if policy.lossy or (m is not None and m.rules.any()):
+        if policy.lossy or (m is not None and m.relaxed):
             check_freerun(rp, policy, m, s, n)
         zeros = np.zeros(s.size, dtype=np.int64)
         r = Rounds(prompt=rp.prompt_of[s], start=s - trace.offsets[rp.prompt_of[s]],

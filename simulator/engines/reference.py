@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..latency import LatencyModel
-from ..policies import RULE_INDEX, Context, Outcome, Policy
+from ..policies import Context, Outcome, Policy
+from ..policies.base import VERIFIER_DECIDES
 from ..trace import Trace
 from .replay import Pricer, Replay, Rounds, freerun_error
 
@@ -23,18 +24,18 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
     n_models = 1 + len(trace.drafters)
     rows_out: list[tuple] = []
 
+    def forward(seen: list[int], model: int, upto: int) -> int:
+        """Feed ``model`` every token up to sequence length ``upto``; its price in ns."""
+        ns = int(pricer.ns(model, np.int64(upto - seen[model]), np.int64(seen[model])))
+        seen[model] = upto
+        return ns
+
     for p in range(trace.n_prompts):
         lo, hi = int(trace.offsets[p]), int(trace.offsets[p + 1])
         state = policy.initial_state()
         seen = [0] * n_models  # tokens in each model's KV cache (0 = verifier)
         length = int(trace.prompt_tokens[p])  # prompt + emitted tokens
         t = 0
-
-        def forward(model: int, upto: int) -> int:
-            """Feed ``model`` every token up to sequence length ``upto``; its price in ns."""
-            ns = int(pricer.ns(model, np.int64(upto - seen[model]), np.int64(seen[model])))
-            seen[model] = upto
-            return ns
 
         while lo + t < hi:
             row = lo + t
@@ -51,14 +52,14 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
             draft_ns = 0
             if policy.probes_all_drafters:  # every drafter drafts step 0 at this position
                 for x in range(len(trace.drafters)):
-                    draft_ns += forward(1 + x, length)
+                    draft_ns += forward(seen, 1 + x, length)
             steps: dict[str, list[float]] = {s: [] for s in names}
             rules: list[int] = []
             rejected_at = -1  # step of the first rejected draft, -1 while all accepted
             stopped = False
             for j in range(max(cap, 0)):
                 if not (policy.probes_all_drafters and j == 0):
-                    draft_ns += forward(1 + d, length + j)
+                    draft_ns += forward(seen, 1 + d, length + j)
                 for s in names:
                     if rejected_at < 0:
                         value = trace.signals[s][d, row + j]
@@ -84,12 +85,12 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
             deviating = relaxed = 0
             bias = 0.0
             for j in range(min(n, a + 1)):
-                if rules[j] != RULE_INDEX["standard"]:
+                if rules[j] not in VERIFIER_DECIDES:
                     relaxed += 1
                     bias += float(rp.bias[rules[j], d, row + j])
                     if j < a and not rp.u[row + j] < rp.accept[0, d, row + j]:
                         deviating += 1
-            verify_ns = forward(0, length + n)
+            verify_ns = forward(seen, 0, length + n)
             seen[0] = length + a  # the verifier keeps the accepted prefix
             for x in range(1, n_models):  # drafters drop their rejected drafts
                 seen[x] = min(seen[x], length + a)

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import TraceError
 from ..latency import LatencyModel
 from ..policies import RULE_INDEX, Context, Outcome, Policy
+from ..policies.base import VERIFIER_DECIDES
 from ..trace import RULE_NAMES, Trace
 
 ROUND_FIELDS = ("prompt", "start", "drafter", "drafted", "accepted", "probe", "deviating",
@@ -83,8 +84,10 @@ class Replay:
     def check(self, policy: Policy) -> None:
         """Raise TraceError if the trace lacks what ``policy`` reads."""
         self.trace.require(f"policy {policy.name}", policy.signals() + policy.accept_rules())
-        if policy.probes_all_drafters and len(self.trace.drafters) < 2:
-            raise TraceError(f"{self.trace.path}: policy {policy.name} needs >= 2 drafters")
+        need, have = policy.drafters_needed(), len(self.trace.drafters)
+        if have < need:
+            raise TraceError(f"{self.trace.path}: policy {policy.name} with these parameters "
+                             f"needs {need} drafters; the trace has {have}")
 
     def signal_names(self, policy: Policy) -> tuple[str, ...]:
         return tuple(dict.fromkeys(("entropy", *policy.signals())))
@@ -151,7 +154,7 @@ def play_round(rp: Replay, policy: Policy, state: object, p: int, t: int
         raise freerun_error(tr, policy)
     a = min(n, i)
     decided = min(n, i + 1)  # positions whose token this round's rules decided
-    relaxed = rules[:decided] != RULE_INDEX["standard"]
+    relaxed = ~np.isin(rules[:decided], VERIFIER_DECIDES)
     std_ok = rp.u[rows[:a]] < rp.accept[0, d, rows[:a]]
     deviating = int(np.sum(relaxed[:a] & ~std_ok))
     bias = float(np.sum(rp.bias[rules[:decided], d, rows[:decided]]))
@@ -169,6 +172,7 @@ class Pricer:
         self.models = ("verifier", *trace.drafters)
         self.max_context = int(trace.prompt_tokens.max() + trace.lengths.max() + 2)
         self.small: np.ndarray | None = None  # (models, SMALL+1, contexts) lazily
+        self._baseline: np.ndarray | None = None
         ctx = np.arange(self.max_context + 1)
         # one-token steps at every context, and their prefix sums, for O(1) range sums
         self.step = np.stack([self.ns(m, np.ones_like(ctx), ctx) for m in range(len(self.models))])
@@ -197,9 +201,11 @@ class Pricer:
 
     def baseline_ns(self, trace: Trace) -> np.ndarray:
         """Per prompt: verifier-only decoding (prefill emits token 0, then one call a token)."""
-        ptok, length = trace.prompt_tokens, trace.lengths
-        prefill = self.ns(0, ptok, np.zeros_like(ptok))
-        return prefill + self.steps_ns(0, ptok, length - 1)
+        if self._baseline is None:
+            ptok, length = trace.prompt_tokens, trace.lengths
+            prefill = self.ns(0, ptok, np.zeros_like(ptok))
+            self._baseline = prefill + self.steps_ns(0, ptok, length - 1)
+        return self._baseline
 
 
 def price_round(pricer: Pricer, seen: list[int], length: int, d: int, n: int, a: int,

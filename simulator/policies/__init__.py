@@ -32,12 +32,12 @@ def register(cls: type[Policy]) -> type[Policy]:
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _hints(name: str) -> dict[str, Any]:
+    return typing.get_type_hints(REGISTRY[name])
 
 
 def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
-    typ = _hints(REGISTRY[policy])[field.name]
+    typ = _hints(policy)[field.name]
     if not isinstance(value, str):
         return value
     try:

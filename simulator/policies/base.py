@@ -99,9 +99,13 @@ class Policy:
         """Acceptance rules this policy may apply (see trace.RULES)."""
         return ("standard",)
 
+    def drafters_needed(self) -> int:
+        """How many drafters the trace must hold (plan indexes them 0..n-1)."""
+        return 2 if self.probes_all_drafters else 1
+
     def max_cap(self) -> int:
         """Upper bound of ``Plan.cap`` over the whole run (sizes the engines' buffers)."""
-        return int(getattr(self, "k"))
+        return int(self.k)  # type: ignore[attr-defined]
 
     # ---- decisions ----
     def initial_state(self) -> Any:
@@ -127,6 +131,8 @@ class Policy:
 
 
 RULE_INDEX = {name: i for i, name in enumerate(RULE_NAMES)}
+# rules under which the verifier decides the token: no bias, not counted as relaxed
+VERIFIER_DECIDES = (RULE_INDEX["standard"], RULE_INDEX["none"])
 
 
 def entropy_field_doc() -> str:

@@ -36,6 +36,9 @@ class Router(Policy):
     thresholds: tuple[float, ...] = (1.0,)
     k: int = 4
 
+    def drafters_needed(self) -> int:
+        return len(self.thresholds) + 1
+
     def __post_init__(self) -> None:
         th = tuple(float(x) for x in self.thresholds)
         object.__setattr__(self, "thresholds", th)

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from ..trace import ENTROPY_SIGNALS
 from . import register
 from .base import Policy, Signals
-from ..trace import ENTROPY_SIGNALS
 
 
 def check_entropy_kind(kind: str) -> None:

@@ -51,7 +51,8 @@ def random_trace(path: Path, rng: np.random.Generator, lengths: list[int], n_dra
     # prompt-level columns must agree across drafters: reuse drafter 0's values
     for name in ("prompt_tokens", "verifier_entropy", "token_id"):
         cols[name] = cols[name][:n] * n_drafters
-    meta = {"verifier": {"name": "test"}, "drafters": [{"name": f"d{d}"} for d in range(n_drafters)],
+    meta = {"verifier": {"name": "test"},
+            "drafters": [{"name": f"d{d}"} for d in range(n_drafters)],
             "dataset": "test", "decoding": "sampled" if sampled else "greedy", "k_max": k_max,
             "hardware": None, "recorded": "1970-01-01", "synthetic": True}
     write_trace(path, cols, meta)

@@ -26,7 +26,8 @@ def results(trace, policy, latency, seed=0):
     return out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), lengths=st.lists(st.integers(1, 40), min_size=1, max_size=4),
        sampled=st.booleans(), k=st.integers(0, 5), theta=st.floats(0.1, 3.0),
        name=st.sampled_from(["fixed", "stop_absolute", "oracle"]))
@@ -49,7 +50,8 @@ def test_every_position_emitted_once(tmp_path, profile_latency):
 def test_sampled_replay_depends_on_seed_only(tmp_path, profile_latency):
     trace = random_trace(tmp_path / "t.parquet", np.random.default_rng(1), [200], sampled=True)
     pol = make("fixed", {"k": 4})
-    a, b = simulate(trace, pol, profile_latency, seed=3), simulate(trace, pol, profile_latency, seed=3)
+    a = simulate(trace, pol, profile_latency, seed=3)
+    b = simulate(trace, pol, profile_latency, seed=3)
     c = simulate(trace, pol, profile_latency, seed=4)
     assert a == b and a["accepted_tokens"] != c["accepted_tokens"]
 
