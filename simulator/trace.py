@@ -68,6 +68,9 @@ OPTIONAL: dict[str, tuple[pa.DataType, str]] = {
     "verifier_margin": (pa.float32(), "verifier top-1 minus top-2 logit (near-tie detector)"),
     "draft_margin": (pa.float32(), "drafter top-1 minus top-2 logit"),
     "category": (pa.string(), "task category of the prompt (Spec-Bench category, 'gsm8k', ...)"),
+    "prompt_text": (pa.string(), "per prompt: the user prompt before the chat template"),
+    "generated_text": (pa.string(), "per prompt: the verifier's decoded output"),
+    "reference_answer": (pa.string(), "per prompt: the dataset's reference answer, if any"),
     "correct": (pa.bool_(), "per prompt: the verifier's final answer is correct (GSM8K)"),
 }
 
@@ -333,7 +336,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         raise _fail(p, "greedy trace: 'accept_prob' must equal 'draft_match'")
 
     prompt_columns: dict[str, np.ndarray] = {}
-    for name in ("category", "correct"):
+    for name in ("category", "correct", "prompt_text", "generated_text", "reference_answer"):
         if name in cols:
             prompt_columns[name] = col(name, object)[:n][first]
     return Trace(meta=meta, drafters=drafters, prompt_ids=prompt_ids, offsets=offsets,
