@@ -22,8 +22,11 @@ TOPK = 10
 
 
 def _entropies(rng: np.random.Generator, match: np.ndarray) -> np.ndarray:
-    """nats: Gamma with mean 0.5 where the draft matches, 1.8 where it does not."""
-    return np.where(match, rng.gamma(2.0, 0.25, match.shape), rng.gamma(3.0, 0.6, match.shape))
+    """nats: Gamma with mean 0.5 where the draft matches, 1.8 where it does not.
+
+    Rounded to 1e-3 nats so that synthetic files compress (random float32 does not)."""
+    ent = np.where(match, rng.gamma(2.0, 0.25, match.shape), rng.gamma(3.0, 0.6, match.shape))
+    return np.round(ent, 3)
 
 
 def synth_columns(alphas: Sequence[float], tokens: int, prompts: int, seed: int,
@@ -42,20 +45,20 @@ def synth_columns(alphas: Sequence[float], tokens: int, prompts: int, seed: int,
     token_id = rng.integers(0, 32000, tokens).astype(np.int32)
     ptoks = np.repeat(rng.integers(prompt_tokens // 2, prompt_tokens * 3 // 2 + 1, prompts),
                       lengths).astype(np.int32)
-    v_ent = rng.gamma(2.0, 0.4, tokens).astype(np.float32)
+    v_ent = np.round(rng.gamma(2.0, 0.4, tokens), 3).astype(np.float32)
 
     blocks: dict[str, list[np.ndarray | list]] = {}
     for d, alpha in enumerate(alphas):
         match = rng.random(tokens) < alpha
         ent = _entropies(rng, match)
-        top1 = np.clip(np.exp(-0.8 * ent) * rng.uniform(0.9, 1.0, tokens), 1e-3, 1.0)
-        renyi = ent * rng.uniform(0.55, 0.95, tokens)
-        topk = np.minimum(ent, np.log(TOPK)) * rng.uniform(0.8, 1.0, tokens)
+        top1 = np.round(np.clip(np.exp(-0.8 * ent) * rng.uniform(0.9, 1.0, tokens), 1e-3, 1), 3)
+        renyi = np.round(ent * rng.uniform(0.55, 0.95, tokens), 3)
+        topk = np.round(np.minimum(ent, np.log(TOPK)) * rng.uniform(0.8, 1.0, tokens), 3)
         # free-run: the drafter continues on its own wrong token; it is less sure of itself there
         fr_match = rng.random((tokens, k_max)) < alpha * 0.6
         fr_ent = _entropies(rng, fr_match)
-        fr_top1 = np.clip(np.exp(-0.8 * fr_ent), 1e-3, 1.0)
-        a_sqrt = np.where(match, 1.0, rng.uniform(0.0, 0.6, tokens))
+        fr_top1 = np.round(np.clip(np.exp(-0.8 * fr_ent), 1e-3, 1.0), 3)
+        a_sqrt = np.where(match, 1.0, np.round(rng.uniform(0.0, 0.6, tokens), 3))
         a_typ = np.where(match, 1.0, (rng.random(tokens) < 0.3).astype(float))
         cols = {
             "drafter": np.full(tokens, f"synth-d{d}"),
@@ -69,7 +72,7 @@ def synth_columns(alphas: Sequence[float], tokens: int, prompts: int, seed: int,
         for name, val in cols.items():
             blocks.setdefault(name, []).append(val)
         for name, val in (("freerun_entropy", fr_ent), ("freerun_top1_prob", fr_top1),
-                          ("freerun_renyi2_entropy", fr_ent * 0.75),
+                          ("freerun_renyi2_entropy", np.round(fr_ent * 0.75, 3)),
                           ("freerun_topk_entropy", np.minimum(fr_ent, np.log(TOPK)))):
             lists: list = [None if m else row for m, row in zip(match, val.astype(np.float32),
                                                                   strict=True)]

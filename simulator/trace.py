@@ -353,6 +353,9 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a trace is an ordinary file
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
