@@ -81,3 +81,17 @@ def test_bad_input_is_one_line_exit_2(trace, args, message):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("sim: error:") and message in lines[0], \
         res.stderr
+
+
+def test_same_seed_same_bytes(trace, tmp_path):
+    args = ["--trace", trace, "--policy", "adaptive", "--latency", "const:draft=0.1,verify=1"]
+    first = runner.invoke(app, ["run", *args, "--json", "--seed", "3"]).stdout
+    assert first == runner.invoke(app, ["run", *args, "--json", "--seed", "3"]).stdout
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"{i}.parquet"
+        res = runner.invoke(app, ["sweep", *args, "--grid", "theta0=0.5,1", "--grid", "k=2:4:1",
+                                  "--out", str(out), "--workers", str(i + 1)])
+        assert res.exit_code == 0, res.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]  # also independent of the number of workers
