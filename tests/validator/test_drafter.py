@@ -1,0 +1,149 @@
+"""Fast drafter tests on a tiny random Llama (no downloads, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from validator.distill import kd_loss, lr_at  # noqa: E402
+from validator.drafter import (  # noqa: E402
+    WEIGHTS,
+    build_drafter,
+    load_drafter,
+    own_parameters,
+    read_meta,
+    save_drafter,
+)
+
+VOCAB, TOPK, PAD = 128, 16, 0
+
+
+@pytest.fixture()
+def verifier() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, pad_token_id=PAD, bos_token_id=1,
+                      eos_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _examples(verifier: torch.nn.Module, n: int = 4) -> list[dict]:
+    """Teacher examples like the data stage's: prompt + answer ids and the verifier's top-k."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(n):
+        plen, alen = 5 + i, 7 + 2 * i
+        ids = torch.randint(3, VOCAB, (plen + alen,), generator=g)
+        with torch.no_grad():
+            logits = verifier(ids[None]).logits[0, plen - 1:-1]
+        v, idx = logits.topk(TOPK, -1)
+        out.append({"ids": ids.to(torch.int32), "answer_start": plen,
+                    "topk_idx": idx.to(torch.int32), "topk_logit": v.to(torch.float16)})
+    return out
+
+
+def test_drafter_shares_embedding_and_head(verifier: torch.nn.Module) -> None:
+    d = build_drafter(verifier, 2)
+    assert d.model.embed_tokens is verifier.model.embed_tokens
+    assert d.lm_head is verifier.lm_head
+    assert d.config.num_hidden_layers == 2 and len(d.model.layers) == 2
+    assert d.model.layers[1].self_attn.layer_idx == 1
+    for i in range(2):
+        for a, b in zip(d.model.layers[i].parameters(), verifier.model.layers[i].parameters(),
+                        strict=True):
+            assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()  # copied, not shared
+    own = {id(p) for p in own_parameters(d)}
+    assert id(verifier.lm_head.weight) not in own
+    assert id(verifier.model.embed_tokens.weight) not in own
+
+
+def test_full_depth_drafter_equals_verifier(verifier: torch.nn.Module) -> None:
+    d = build_drafter(verifier, 4)
+    x = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(d(x).logits, verifier(x).logits)
+
+
+def test_kv_cache_decoding_matches_full_forward(verifier: torch.nn.Module) -> None:
+    d = build_drafter(verifier, 2)
+    x = torch.randint(3, VOCAB, (1, 8))
+    with torch.no_grad():
+        full = d(x).logits[0, -1]
+        out = d(x[:, :-1], use_cache=True)
+        step = d(x[:, -1:], past_key_values=out.past_key_values, use_cache=True).logits[0, -1]
+        gen = d.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
+    assert torch.allclose(full, step, atol=1e-5)
+    assert gen.shape == (1, 11)
+
+
+def test_save_load_roundtrip_exact(verifier: torch.nn.Module, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    d = build_drafter(verifier, 2, source_layers=[0, 3])
+    with torch.no_grad():  # make the own weights differ from the verifier's
+        for p in own_parameters(d):
+            p.add_(0.01 * torch.randn_like(p))
+    folder = save_drafter(d, tmp_path / "drafter", {"recipe": {"lr": 1.0}})
+    x = torch.randint(0, VOCAB, (3, 10))
+    d2 = load_drafter(folder, verifier)
+    with torch.no_grad():
+        assert torch.equal(d(x).logits, d2(x).logits)
+    assert d2.lm_head is verifier.lm_head
+    with safe_open(str(folder / WEIGHTS), "pt") as fh:
+        keys = list(fh.keys())
+        assert all(fh.get_tensor(k).dtype == torch.float16 for k in keys)
+    assert keys and not any("embed_tokens" in k or "lm_head" in k for k in keys)
+    assert all(k.startswith(("model.layers.", "model.norm.")) for k in keys)
+    meta = read_meta(folder)
+    assert meta["n_layers"] == 2 and meta["source_layers"] == [0, 3]
+    assert meta["recipe"] == {"lr": 1.0}
+    assert meta["own_params"] == sum(p.numel() for p in own_parameters(d))
+
+
+def test_one_distillation_step_lowers_kl(verifier: torch.nn.Module) -> None:
+    d = build_drafter(verifier, 1)
+    params = own_parameters(d)
+    for p in params:
+        p.requires_grad_(True)
+    batch = _examples(verifier)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    before, _ = kd_loss(d, batch, PAD)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after, _ = kd_loss(d, batch, PAD)
+    assert float(after) < float(before.detach())
+    assert verifier.lm_head.weight.grad is None  # the shared head stays frozen
+
+
+def test_kd_loss_zero_for_teacher_itself(verifier: torch.nn.Module) -> None:
+    """A full-depth 'drafter' is the teacher: KL to its own full-vocab top-k is ~0."""
+    d = build_drafter(verifier, 4)
+    batch = _examples(verifier)
+    for e in batch:  # widen to the whole vocabulary so the truncation is exact
+        ids = e["ids"].long()[None]
+        with torch.no_grad():
+            lg = verifier(ids).logits[0, e["answer_start"] - 1:-1]
+        v, idx = lg.topk(VOCAB, -1)
+        e["topk_idx"], e["topk_logit"] = idx.to(torch.int32), v
+    with torch.no_grad():
+        kl, st = kd_loss(d, batch, PAD)
+    assert abs(float(kl)) < 1e-4 and st["agree"] == 1.0
+
+
+def test_lr_schedule() -> None:
+    assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(55, 1.0, 10, 100) == pytest.approx(0.55)

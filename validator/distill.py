@@ -1,0 +1,331 @@
+"""Distil SmolLM2-135M into small drafters on CPU: data, train, eval (all resumable).
+
+    python -m validator.distill data  [--out runs/distill/data/gsm8k_train] [--limit N]
+    python -m validator.distill train --layers 2 --run runs/distill/d2
+    python -m validator.distill eval  --drafter runs/distill/d2/final
+
+Every stage can be killed at any time and resumed by re-running the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from validator import distill_data as dd
+from validator.distill_eval import answer_positions, greedy_agreement, latency_ratio, pad_right
+
+RUNS = dd.REPO / "runs" / "distill"
+DEFAULT_DATA = RUNS / "data" / "gsm8k_train"
+DEFAULT_TEST = RUNS / "data" / "gsm8k_test"
+
+
+class Logger:
+    """Print to stdout and append to a log file, flushed per line, with a wall-clock stamp."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        print(line, flush=True)
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Generate (or resume generating) the verifier's greedy answers to GSM8K-train."""
+    from validator.smollm2 import load_verifier
+
+    torch.set_num_threads(args.threads)
+    log = Logger(Path(args.log) if args.log else None)
+    model, tok = load_verifier()
+    questions = dd.load_questions(Path(args.questions), args.limit)
+    log(f"data: {len(questions)} questions from {args.questions} -> {args.out}, "
+        f"batch {args.batch}, max_new_tokens {args.max_new_tokens}, top-{args.topk}, "
+        f"{args.threads} thread(s)")
+    n = dd.generate_shards(model, tok, questions, Path(args.out), args.batch,
+                           args.max_new_tokens, args.topk, log=log, source=str(args.questions))
+    log(f"data: done, {n} new shard(s), {len(dd.list_shards(Path(args.out)))} in total")
+    return 0
+
+
+def kd_loss(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
+            temperature: float = 1.0, frac: float = 1.0,
+            gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean per-token KL(teacher top-k || drafter) over the answer tokens of ``examples``.
+
+    frac < 1 scores a random subset of that fraction of the answer positions (the 49k-wide head
+    and its softmax dominate a CPU training step; the layers still see every token).
+
+    The teacher is the verifier's distribution renormalised over its stored top-k; the drafter's
+    log-probabilities are over the full vocabulary, so this is cross-entropy to the truncated
+    teacher minus its (constant) entropy. Returns (loss, {"kl", "agree"}); ``agree`` is the
+    fraction of positions where the drafter's argmax is the verifier's greedy token.
+    """
+    ids, mask = pad_right(examples, pad_id)
+    rows, cols = answer_positions(examples)
+    tidx = torch.cat([e["topk_idx"] for e in examples]).long()
+    tlog = torch.cat([e["topk_logit"] for e in examples]).float()
+    if frac < 1.0:
+        keep = torch.rand(rows.numel(), generator=gen) < frac
+        keep[0] = True
+        rows, cols, tidx, tlog = rows[keep], cols[keep], tidx[keep], tlog[keep]
+    h = drafter.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    logq = torch.log_softmax(drafter.lm_head(h[rows, cols]).float(), dim=-1)
+    tlogp = torch.log_softmax(tlog / temperature, dim=-1)
+    p = tlogp.exp()
+    kl = (p * (tlogp - logq.gather(1, tidx))).sum(-1).mean()
+    agree = float((logq.argmax(-1) == tidx[:, 0]).float().mean())
+    return kl, {"kl": float(kl.detach()), "agree": agree}
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Linear warmup for ``warmup`` steps, then cosine decay to ``floor * base`` at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("layers", "source_layers", "batch", "lr", "warmup", "steps", "weight_decay",
+            "temperature", "seed", "data", "val_shards", "loss_frac", "clip")
+    return {"loss": "KL(verifier top-k renormalised || drafter), answer tokens only",
+            "optimizer": "AdamW, linear warmup then cosine to 0.1x",
+            **{k: getattr(args, k) for k in keys}}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Distil a drafter; checkpoints to ``run/ckpt.pt`` and resumes from it."""
+    from validator.drafter import build_drafter, own_parameters, save_drafter
+    from validator.smollm2 import MODEL_ID, load_verifier
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    log = Logger(run / "train.log" if args.log is None else Path(args.log))
+    verifier, tok = load_verifier()
+    src = [int(x) for x in args.source_layers.split(",")] if args.source_layers else None
+    drafter = build_drafter(verifier, args.layers, src)
+    params = own_parameters(drafter)
+    for prm in params:
+        prm.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    data_dir = Path(args.data)
+    all_shards = dd.list_shards(data_dir)
+    if len(all_shards) < args.val_shards + 1:
+        log(f"train: need at least {args.val_shards + 1} shards in {data_dir}, waiting")
+    while len(all_shards := dd.list_shards(data_dir)) < args.val_shards + args.min_shards:
+        time.sleep(60)
+    val_names = [p.name for p in all_shards[:args.val_shards]]
+    pos = {"step": 0, "epoch": 0, "batch": 0, "epoch_shards": [], "best": -1.0, "history": []}
+    ckpt = run / "ckpt.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        drafter.load_state_dict(state["own"], strict=False)
+        opt.load_state_dict(state["opt"])
+        pos = state["pos"]
+        val_names = state["val_names"]
+        log(f"train: resumed {ckpt} at step {pos['step']} (epoch {pos['epoch']}, "
+            f"batch {pos['batch']})")
+    else:
+        log(f"train: new run {run}: {args.layers} layer(s) from verifier layers "
+            f"{drafter.source_layers}, {sum(p.numel() for p in params)} own params")
+    val = dd.load_examples([data_dir / n for n in val_names])
+    cache: dict[str, list[dict[str, Any]]] = {}
+    pad = tok.pad_token_id
+    gen = torch.Generator()
+
+    def save_ckpt() -> None:
+        own = {k: v for k, v in drafter.state_dict().items()
+               if k.startswith(("model.layers.", "model.norm."))}
+        dd.atomic_torch_save({"own": own, "opt": opt.state_dict(), "pos": pos,
+                              "val_names": val_names, "args": vars(args)}, ckpt)
+
+    def export(name: str, metrics: dict[str, Any]) -> None:
+        meta = {"verifier": MODEL_ID, "recipe": _recipe(args), "metrics": metrics,
+                "train_step": pos["step"]}
+        save_drafter(drafter, run / name, meta, round_in_place=False)
+
+    def evaluate() -> dict[str, Any]:
+        drafter.eval()
+        m = greedy_agreement(drafter, val, pad)
+        drafter.train()
+        res = {"step": pos["step"], "val_agreement": round(m["agreement"], 4),
+               "val_tokens": int(m["tokens"]), "val_set": f"{data_dir.name}:{','.join(val_names)}"}
+        pos["history"].append(res)
+        log(f"eval step {pos['step']}: held-out greedy agreement {m['agreement']:.4f} "
+            f"on {int(m['tokens'])} tokens")
+        if m["agreement"] > pos["best"]:
+            pos["best"] = m["agreement"]
+            export("best", res)
+        return res
+
+    if pos["step"] == 0 and not pos["history"]:
+        evaluate()
+    drafter.train()
+    last_ckpt, t_log, acc = time.time(), time.time(), {"kl": 0.0, "agree": 0.0, "n": 0}
+    while pos["step"] < args.steps:
+        if pos["batch"] == 0 and not pos["epoch_shards"]:
+            pos["epoch_shards"] = [p.name for p in dd.list_shards(data_dir)
+                                   if p.name not in val_names]
+            log(f"epoch {pos['epoch']}: {len(pos['epoch_shards'])} training shards")
+        for n in pos["epoch_shards"]:
+            if n not in cache:
+                cache[n] = dd.load_examples([data_dir / n])
+        examples = [e for n in pos["epoch_shards"] for e in cache[n]]
+        for batch in dd.iter_batches(examples, args.batch, args.seed + pos["epoch"],
+                                     skip=pos["batch"]):
+            lr = lr_at(pos["step"], args.lr, args.warmup, args.steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            gen.manual_seed(args.seed * 1_000_003 + pos["step"])
+            loss, st = kd_loss(drafter, batch, pad, args.temperature, args.loss_frac, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
+            opt.step()
+            pos["step"] += 1
+            pos["batch"] += 1
+            acc["kl"] += st["kl"]
+            acc["agree"] += st["agree"]
+            acc["n"] += 1
+            if pos["step"] % args.log_every == 0:
+                dt = (time.time() - t_log) / acc["n"]
+                log(f"step {pos['step']}: kl {acc['kl'] / acc['n']:.4f} train-agree "
+                    f"{acc['agree'] / acc['n']:.4f} lr {lr:.2e} {dt:.2f} s/step")
+                t_log, acc = time.time(), {"kl": 0.0, "agree": 0.0, "n": 0}
+            if pos["step"] % args.eval_every == 0:
+                evaluate()
+            if time.time() - last_ckpt > args.ckpt_minutes * 60 or pos["step"] >= args.steps:
+                save_ckpt()
+                last_ckpt = time.time()
+                log(f"checkpoint: step {pos['step']} -> {ckpt}")
+            if pos["step"] >= args.steps:
+                break
+        else:
+            pos["epoch"] += 1
+            pos["batch"] = 0
+            pos["epoch_shards"] = []
+    res = evaluate()
+    export("final", res)
+    save_ckpt()
+    log(f"train: done at step {pos['step']}; best held-out agreement {pos['best']:.4f}; "
+        f"exported {run / 'final'} and {run / 'best'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Greedy agreement on the verifier's GSM8K-test answers and the decode-latency ratio."""
+    import json
+
+    from validator.drafter import load_drafter, update_metrics
+    from validator.smollm2 import load_verifier
+
+    torch.set_num_threads(args.threads)
+    verifier, tok = load_verifier()
+    test_dir = Path(args.test_data)
+    questions = dd.load_questions(dd.GSM8K_TEST, args.n)
+    dd.generate_shards(verifier, tok, questions, test_dir, args.gen_batch, args.max_new_tokens,
+                       args.topk, log=lambda m: print(f"test answers: {m}", flush=True),
+                       source=f"{dd.GSM8K_TEST} first {args.n}")
+    shards = [dd.shard_path(test_dir, s) for s in range(0, len(questions), args.gen_batch)]
+    examples = dd.load_examples(shards)
+    for path in args.drafter:
+        drafter = load_drafter(path, verifier)
+        qual = greedy_agreement(drafter, examples, tok.pad_token_id, verifier=verifier)
+        cost = latency_ratio(drafter, verifier, args.context, args.repeats, args.rounds)
+        res = {
+            "drafter": str(path), "n_layers": drafter.config.num_hidden_layers,
+            "gsm8k_test_questions": len(examples), "answer_tokens": int(qual["tokens"]),
+            "greedy_agreement": round(qual["agreement"], 4),
+            "greedy_agreement_vs_teacher_forced_verifier": round(qual["agree_tf"], 4),
+            "verifier_self_consistency": round(qual["verifier_self"], 4),
+            "decode_ms_drafter": round(cost["drafter_s"] * 1e3, 3),
+            "decode_ms_verifier": round(cost["verifier_s"] * 1e3, 3),
+            "latency_ratio": round(cost["ratio"], 4),
+            "latency_setup": f"1 token, KV cache {args.context} ctx, median of {args.repeats} x "
+                             f"{args.rounds} rounds, {args.threads} threads, float32 CPU",
+        }
+        print(json.dumps(res), flush=True)
+        if args.write_meta:
+            update_metrics(path, "gsm8k_test_eval", res)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m validator.distill", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="verifier greedy answers + top-k logits, in shards")
+    d.add_argument("--questions", default=str(dd.GSM8K_TRAIN))
+    d.add_argument("--out", default=str(DEFAULT_DATA))
+    d.add_argument("--limit", type=int, default=None, help="first N questions only")
+    d.add_argument("--batch", type=int, default=48)
+    d.add_argument("--max-new-tokens", type=int, default=256)
+    d.add_argument("--topk", type=int, default=64)
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--log", default=None)
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="KL-distil a drafter (resumable)")
+    t.add_argument("--layers", type=int, required=True)
+    t.add_argument("--source-layers", default=None, help="comma list of verifier layers")
+    t.add_argument("--run", required=True, help="run folder (ckpt.pt, train.log, best/, final/)")
+    t.add_argument("--data", default=str(DEFAULT_DATA))
+    t.add_argument("--val-shards", type=int, default=1, help="first N shards held out")
+    t.add_argument("--min-shards", type=int, default=4, help="training shards to wait for")
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--steps", type=int, default=4000, help="total steps (cosine horizon)")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--loss-frac", type=float, default=0.35,
+                   help="fraction of answer positions scored per step")
+    t.add_argument("--clip", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--ckpt-minutes", type=float, default=5.0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--log", default=None, help="log file (default run/train.log)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="agreement on GSM8K test + latency ratio")
+    e.add_argument("--drafter", nargs="+", required=True, help="drafter folder(s)")
+    e.add_argument("--n", type=int, default=50, help="first N GSM8K test questions")
+    e.add_argument("--test-data", default=str(DEFAULT_TEST))
+    e.add_argument("--gen-batch", type=int, default=25)
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--topk", type=int, default=64)
+    e.add_argument("--context", type=int, default=300, help="KV-cache length for latency")
+    e.add_argument("--repeats", type=int, default=50)
+    e.add_argument("--rounds", type=int, default=3)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--write-meta", action="store_true",
+                   help="record the result in the drafter's JSON")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: Any = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Distillation data: the verifier's own greedy answers, with its top-k logits, in shards.
+
+Each shard holds one generation batch and is written atomically (tmp file, then os.replace), so a
+kill loses at most the batch in flight and re-running the same command resumes at the first
+missing shard. A shard is a ``torch.save`` dict::
+
+    {"meta": {...}, "examples": [{"qid": int, "ids": int32[L], "answer_start": int,
+                                  "finished": bool, "topk_idx": int32[T, k],
+                                  "topk_logit": float16[T, k]}, ...]}
+
+``ids`` is prompt + answer (no padding); the answer occupies ``ids[answer_start:]`` and ends with
+``<|im_end|>`` when ``finished``. Row t of ``topk_*`` is the verifier's top-k over the vocabulary
+when it chose token ``ids[answer_start + t]`` (captured inside ``generate``, so it costs nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+GSM8K_TRAIN = REPO / "data" / "gsm8k" / "train.jsonl"
+GSM8K_TEST = REPO / "data" / "gsm8k" / "test.jsonl"
+
+
+def load_questions(path: Path, limit: int | None = None) -> list[str]:
+    """Questions of a GSM8K-style jsonl file (``question`` field), in file order."""
+    out: list[str] = []
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                out.append(json.loads(line)["question"])
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def chat_prompt_ids(tok: Any, question: str) -> list[int]:
+    """Token ids of the chat-templated single-turn prompt, ending with the assistant header."""
+    msgs = [{"role": "user", "content": question}]
+    text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return list(tok(text, add_special_tokens=False).input_ids)
+
+
+class TopKCapture:
+    """Logits processor that records the top-k of each step's scores and changes nothing."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.idx: list[torch.Tensor] = []
+        self.val: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        v, i = torch.topk(scores.float(), self.k, dim=-1)
+        self.idx.append(i.to(torch.int32))
+        self.val.append(v.to(torch.float16))
+        return scores
+
+
+@torch.no_grad()
+def generate_batch(model: Any, tok: Any, qids: list[int], questions: list[str],
+                   max_new_tokens: int, topk: int) -> list[dict[str, Any]]:
+    """Greedy answers of the verifier for one batch (left padding), with its top-k logits."""
+    from transformers import LogitsProcessorList
+
+    prompts = [chat_prompt_ids(tok, q) for q in questions]
+    width = max(len(p) for p in prompts)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        input_ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    cap = TopKCapture(topk)
+    out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                         max_new_tokens=max_new_tokens, logits_processor=LogitsProcessorList([cap]),
+                         pad_token_id=pad, eos_token_id=tok.eos_token_id)
+    gen = out[:, width:]
+    idx = torch.stack(cap.idx, dim=1)  # (B, steps, k)
+    val = torch.stack(cap.val, dim=1)
+    eos = tok.eos_token_id
+    examples = []
+    for r, p in enumerate(prompts):
+        row = gen[r].tolist()
+        finished = eos in row
+        n = row.index(eos) + 1 if finished else len(row)
+        examples.append({
+            "qid": qids[r],
+            "ids": torch.tensor(p + row[:n], dtype=torch.int32),
+            "answer_start": len(p),
+            "finished": finished,
+            "topk_idx": idx[r, :n].clone(),
+            "topk_logit": val[r, :n].clone(),
+        })
+    return examples
+
+
+def shard_path(out_dir: Path, start: int) -> Path:
+    return out_dir / f"shard_{start:05d}.pt"
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to ``path`` via a temp file and os.replace (never a half-written file)."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def generate_shards(model: Any, tok: Any, questions: list[str], out_dir: Path, batch_size: int,
+                    max_new_tokens: int, topk: int, log: Any = print,
+                    source: str = "") -> int:
+    """Generate every missing shard of ``questions`` into ``out_dir``; return shards written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for start in range(0, len(questions), batch_size):
+        path = shard_path(out_dir, start)
+        if path.exists():
+            continue
+        qids = list(range(start, min(start + batch_size, len(questions))))
+        t0 = time.time()
+        ex = generate_batch(model, tok, qids, [questions[i] for i in qids], max_new_tokens, topk)
+        meta = {"source": source, "start": start, "max_new_tokens": max_new_tokens, "topk": topk,
+                "seconds": round(time.time() - t0, 1)}
+        atomic_torch_save({"meta": meta, "examples": ex}, path)
+        written += 1
+        ntok = sum(len(e["ids"]) - e["answer_start"] for e in ex)
+        log(f"shard {start:05d}: {len(ex)} answers, {ntok} tokens, {meta['seconds']} s "
+            f"({ntok / max(meta['seconds'], 1e-9):.1f} tok/s), "
+            f"{sum(not e['finished'] for e in ex)} hit max_new_tokens")
+    return written
+
+
+def list_shards(out_dir: Path) -> list[Path]:
+    """Complete shards in ``out_dir``, sorted by start index."""
+    return sorted(out_dir.glob("shard_*.pt"))
+
+
+def load_examples(paths: list[Path]) -> list[dict[str, Any]]:
+    """All examples of the given shards, in order."""
+    out: list[dict[str, Any]] = []
+    for p in paths:
+        out.extend(torch.load(p, weights_only=True)["examples"])
+    return out
+
+
+def iter_batches(examples: list[dict[str, Any]], batch: int, seed: int,
+                 skip: int = 0) -> Iterator[list[dict[str, Any]]]:
+    """Shuffled batches of ``batch`` examples (one epoch, deterministic in seed), skipping the
+    first ``skip`` batches (resume position)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    for b, s in enumerate(range(0, len(order) - batch + 1, batch)):
+        if b >= skip:
+            yield [examples[i] for i in order[s:s + batch]]
