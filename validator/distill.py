@@ -3,6 +3,7 @@
     python -m validator.distill data  [--out runs/distill/data/gsm8k_train] [--limit N]
     python -m validator.distill train --layers 2 --run runs/distill/d2
     python -m validator.distill eval  --drafter runs/distill/d2/final
+    python -m validator.distill publish --drafter runs/distill/d2/best --name smollm2-135m-d2
 
 Every stage can be killed at any time and resumed by re-running the same command.
 """
@@ -10,6 +11,7 @@ Every stage can be killed at any time and resumed by re-running the same command
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -42,11 +44,25 @@ class Logger:
                 fh.write(line + "\n")
 
 
+def write_pidfile(name: str) -> Path:
+    """Record this process id in ``runs/distill/pids/<name>.pid`` (removed at normal exit), so
+    jobs can be paused (kill -STOP) for clean timings and resumed (kill -CONT) by id."""
+    import atexit
+    import os
+
+    path = RUNS / "pids" / f"{name}.pid"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    atexit.register(lambda: path.unlink(missing_ok=True))
+    return path
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """Generate (or resume generating) the verifier's greedy answers to GSM8K-train."""
     from validator.smollm2 import load_verifier
 
     torch.set_num_threads(args.threads)
+    write_pidfile(f"data-{Path(args.out).name}")
     log = Logger(Path(args.log) if args.log else None)
     model, tok = load_verifier()
     questions = dd.load_questions(Path(args.questions), args.limit)
@@ -114,6 +130,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
+    write_pidfile(f"train-{run.name}")
     log = Logger(run / "train.log" if args.log is None else Path(args.log))
     verifier, tok = load_verifier()
     src = [int(x) for x in args.source_layers.split(",")] if args.source_layers else None
@@ -228,8 +245,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Greedy agreement on the verifier's GSM8K-test answers and the decode-latency ratio."""
-    import json
-
     from validator.drafter import load_drafter, update_metrics
     from validator.smollm2 import load_verifier
 
@@ -261,6 +276,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(res), flush=True)
         if args.write_meta:
             update_metrics(path, "gsm8k_test_eval", res)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Copy a trained drafter folder to ``drafters/<name>/`` (where validator.pairs looks)."""
+    import shutil
+
+    from validator.drafter import META, WEIGHTS, read_meta
+
+    src = Path(args.drafter)
+    meta = read_meta(src)
+    dest = Path(args.dest) / args.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (WEIGHTS, META):
+        shutil.copyfile(src / f, dest / (f + ".tmp"))
+        (dest / (f + ".tmp")).replace(dest / f)
+    size = (dest / WEIGHTS).stat().st_size / 2**20
+    print(f"{src} -> {dest} ({meta['n_layers']} layers, {size:.1f} MiB, "
+          f"metrics {json.dumps(meta.get('metrics', {}), sort_keys=True)})")
     return 0
 
 
@@ -318,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--write-meta", action="store_true",
                    help="record the result in the drafter's JSON")
     e.set_defaults(func=cmd_eval)
+
+    u = sub.add_parser("publish", help="copy a drafter folder to drafters/<name>/")
+    u.add_argument("--drafter", required=True)
+    u.add_argument("--name", required=True, help="e.g. smollm2-135m-d3")
+    u.add_argument("--dest", default=str(dd.REPO / "drafters"))
+    u.set_defaults(func=cmd_publish)
     return p
 
 
