@@ -1,0 +1,290 @@
+"""Recorder tests on tiny random Llamas (no downloads, seconds): every column against a direct
+computation, a live greedy draft loop, kill-and-resume, the simulator reading the result."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from simulator.trace import META_KEY, read_trace  # noqa: E402
+from validator.datasets import Prompt, gsm8k_correct  # noqa: E402
+from validator.drafter import build_drafter  # noqa: E402
+from validator.record import (  # noqa: E402
+    Models,
+    RecordConfig,
+    RecordError,
+    emitted,
+    parts_dir,
+    record,
+    rule_accept,
+)
+
+VOCAB, EOS, PAD = 64, 2, 0
+LENS = (5, 9, 7, 3, 6)
+META = {"verifier": {"name": "tiny-v"}, "drafters": [{"name": "d-first"}, {"name": "d-last"}],
+        "dataset": "tiny", "pair": "tiny"}
+
+
+def decode(ids: list[int]) -> str:
+    return " ".join(str(i) for i in ids)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: more threads only contend
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False, pad_token_id=PAD, bos_token_id=1,
+                      eos_token_id=EOS, initializer_range=0.3)
+    torch.manual_seed(0)
+    verifier = LlamaForCausalLM(cfg).eval()
+    verifier.requires_grad_(False)
+    drafters = {"d-first": build_drafter(verifier, 1, [0]),
+                "d-last": build_drafter(verifier, 1, [1])}
+    return Models(verifier, drafters, (EOS,), PAD)
+
+
+@pytest.fixture(scope="module")
+def prompts() -> tuple[list[Prompt], list[list[int]]]:
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in LENS]
+    return [Prompt(f"p{i}", f"prompt {i}", "tiny", "#### 3") for i in range(len(LENS))], ids
+
+
+def _cfg(temperature: float, **kw) -> RecordConfig:
+    return RecordConfig(**{"max_new_tokens": 16, "temperature": temperature, "k_max": 4,
+                           "topk": 5, "batch": 2, "freerun_batch": 7, "seed": 3, **kw})
+
+
+@pytest.fixture(scope="module")
+def traces(models, prompts, tmp_path_factory) -> dict[float, Path]:
+    out = {}
+    for t in (0.0, 0.9):
+        path = tmp_path_factory.mktemp("rec") / f"t{t}.parquet"
+        record(models, *prompts, _cfg(t), path, META, decode=decode, score=gsm8k_correct)
+        out[t] = path
+    return out
+
+
+def _direct(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), -1)
+
+
+def _tv_explicit(p: np.ndarray, q: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sum q a and TV(pi, p) with pi written out term by term (DESIGN.md)."""
+    acc = (q * a).sum(-1)
+    resid = np.maximum(p - q * a, 0)
+    r = resid / resid.sum(-1, keepdims=True)
+    pi = q * a + (1 - acc)[:, None] * r
+    return acc, 0.5 * np.abs(pi - p).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_every_column_equals_a_direct_computation(models, prompts, traces, temperature):
+    tr = read_trace(traces[temperature])
+    table = pq.read_table(traces[temperature]).to_pandas()
+    t, cfg = temperature or 1.0, _cfg(temperature)
+    assert tr.meta["decoding"] == ("greedy" if temperature == 0 else "sampled")
+    for p, (prompt, ids) in enumerate(zip(*prompts, strict=True)):
+        lo, hi = tr.offsets[p], tr.offsets[p + 1]
+        y = tr.token_id[lo:hi].tolist()
+        assert tr.prompt_tokens[p] == len(ids) and (y[-1] == EOS or len(y) == 16)
+        zp = _direct(models.verifier, ids + y)[len(ids) - 1:-1]
+        pp = _softmax(zp / t)
+        np.testing.assert_allclose(tr.verifier_entropy[lo:hi], _entropy(pp), atol=1e-4)
+        if temperature == 0:
+            assert y == zp.argmax(-1).tolist()
+        rows = table[table.prompt_id == prompt.prompt_id]
+        assert rows.generated_text.iloc[0] == decode(y) and rows.prompt_text.iloc[0] == prompt.text
+        for d, (name, drafter) in enumerate(models.drafters.items()):
+            r = rows[rows.drafter == name].sort_values("position")
+            zq = _direct(drafter, ids + y)[len(ids) - 1:-1]
+            q = _softmax(zq / t)
+            srt = np.sort(zq, -1)
+            top_k = np.sort(np.log(q), -1)[:, -cfg.topk:]
+            qk = _softmax(top_k)
+            checks = {
+                "draft_entropy": _entropy(q), "draft_top1_prob": q.max(-1),
+                "draft_renyi2_entropy": -np.log((q * q).sum(-1)),
+                "draft_topk_entropy": _entropy(qk), "draft_margin": srt[:, -1] - srt[:, -2],
+                "verifier_margin": np.sort(zp, -1)[:, -1] - np.sort(zp, -1)[:, -2],
+            }
+            x = zq.argmax(-1)
+            match = x == np.array(y)
+            assert np.array_equal(tr.match[d, lo:hi], match)
+            hp = _entropy(pp)
+            thr = np.minimum(cfg.typical_epsilon, cfg.typical_delta * np.exp(-hp))
+            if temperature == 0:
+                px, qx = pp[np.arange(len(y)), x], q[np.arange(len(y)), x]
+                a_sqrt = np.where(match, 1.0, np.minimum(1, np.sqrt(px / qx)))
+                a_typ = np.where(match, 1.0, (px > thr).astype(float))
+                checks.update(accept_prob=match.astype(float), accept_prob_sqrt=a_sqrt,
+                              tv_sqrt=np.where(match, 0, a_sqrt), accept_prob_typical=a_typ,
+                              tv_typical=np.where(match, 0, a_typ), tv_all=(~match) * 1.0)
+            else:
+                acc_s, tv_s = _tv_explicit(pp, q, np.minimum(1, np.sqrt(pp / q)))
+                acc_t, tv_t = _tv_explicit(pp, q, (pp > thr[:, None]) * 1.0)
+                checks.update(accept_prob=np.minimum(pp, q).sum(-1), accept_prob_sqrt=acc_s,
+                              tv_sqrt=tv_s, accept_prob_typical=acc_t, tv_typical=tv_t,
+                              tv_all=0.5 * np.abs(q - pp).sum(-1))
+            for col, want in checks.items():
+                np.testing.assert_allclose(r[col].to_numpy(float), want, atol=2e-4, err_msg=col)
+            need = ~match if temperature == 0 else checks["accept_prob"] < 1 - 1e-6
+            has = r.freerun_entropy.notna().to_numpy()
+            assert np.array_equal(has[need], np.ones(need.sum(), bool))
+            assert all(len(v) == cfg.k_max for v in r.freerun_entropy[has])
+
+
+def test_standard_rule_emits_p_exactly():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn((50, 40), generator=g) * 3
+    p, q = torch.softmax(z, -1), torch.softmax(z + torch.randn((50, 40), generator=g), -1)
+    p[:5, :10] = 0  # zeros in p (and below in q) must not break the identity
+    q[5:10, 10:20] = 0
+    p, q = p.double(), q.double()
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    acc, pi = emitted(p, q, rule_accept("standard", p, q, torch.zeros(50), _cfg(1.0)))
+    torch.testing.assert_close(pi, p, atol=1e-12, rtol=0)
+    torch.testing.assert_close(acc, torch.minimum(p, q).sum(-1), atol=1e-12, rtol=0)
+    _, pi_all = emitted(p, q, rule_accept("all", p, q, torch.zeros(50), _cfg(1.0)))
+    torch.testing.assert_close(pi_all, q)
+
+
+def test_live_greedy_draft_loop_reproduces_match_and_freerun(models, prompts, traces):
+    """A drafter drafting step by step with its own KV cache from the true prefix."""
+    tr = read_trace(traces[0.0])
+    assert 0.1 < tr.match.mean() < 0.9  # both branches (match, free-run) are exercised
+    for d, drafter in enumerate(models.drafters.values()):
+        for p, ids in enumerate(prompts[1]):
+            lo, hi = tr.offsets[p], tr.offsets[p + 1]
+            y = tr.token_id[lo:hi].tolist()
+            with torch.no_grad():
+                out = drafter(torch.tensor([ids]), use_cache=True)
+                for t in range(hi - lo):
+                    logits = out.logits[0, -1]
+                    x = int(logits.argmax())
+                    assert (x == y[t]) == tr.match[d, lo + t]
+                    ent = float(torch.special.entr(torch.softmax(logits, -1)).sum())
+                    assert abs(ent - tr.signals["entropy"][d, lo + t]) < 1e-5
+                    if x != y[t]:  # free-run on its own token from here, a copy of the cache
+                        cache, tok = copy.deepcopy(out.past_key_values), x
+                        for j in range(tr.k_max):
+                            o = drafter(torch.tensor([[tok]]), past_key_values=cache,
+                                        use_cache=True)
+                            q = torch.softmax(o.logits[0, -1], -1)
+                            want = tr.freerun["entropy"][d, lo + t, j]
+                            assert abs(float(torch.special.entr(q).sum()) - want) < 1e-5
+                            tok = int(q.argmax())
+                    else:
+                        assert np.isnan(tr.freerun["entropy"][d, lo + t]).all()
+                    out = drafter(torch.tensor([[y[t]]]), past_key_values=out.past_key_values,
+                                  use_cache=True)
+
+
+def _same_rows(a: Path, b: Path) -> None:
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    assert ta.replace_schema_metadata(None).equals(tb.replace_schema_metadata(None))
+    ma, mb = (json.loads(t.schema.metadata[META_KEY]) for t in (ta, tb))
+    ma.pop("recorded"), mb.pop("recorded")
+    assert ma == mb
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_kill_and_resume_equals_uninterrupted(models, prompts, traces, tmp_path, temperature):
+    out = tmp_path / "k.parquet"
+
+    def die(g: int) -> None:
+        raise KeyboardInterrupt(f"killed after group {g}")
+
+    with pytest.raises(KeyboardInterrupt):
+        record(models, *prompts, _cfg(temperature), out, META, decode=decode,
+               score=gsm8k_correct, on_group_done=die)
+    assert not out.exists() and len(list(parts_dir(out).glob("group-*.parquet"))) == 1
+    res = record(models, *prompts, _cfg(temperature), out, META, decode=decode,
+                 score=gsm8k_correct)
+    assert res.groups_done == 2 and not parts_dir(out).exists()
+    _same_rows(out, traces[temperature])
+
+
+def test_sampling_does_not_depend_on_batch_composition(models, prompts, traces, tmp_path):
+    out = tmp_path / "b3.parquet"
+    record(models, *prompts, _cfg(0.9, batch=3), out, META, decode=decode, score=gsm8k_correct)
+    a, b = read_trace(out), read_trace(traces[0.9])
+    assert np.array_equal(a.token_id, b.token_id)
+    np.testing.assert_allclose(a.accept["standard"], b.accept["standard"], atol=1e-5)
+
+
+def test_resume_refuses_other_arguments_and_keeps_files(models, prompts, traces, tmp_path):
+    out = tmp_path / "r.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        record(models, *prompts, _cfg(0.0), out, META, decode=decode,
+               on_group_done=lambda g: (_ for _ in ()).throw(KeyboardInterrupt()))
+    part = next(parts_dir(out).glob("group-*.parquet"))
+    before = part.read_bytes()
+    with pytest.raises(RecordError, match="seed: 3 there vs 4 now"):
+        record(models, *prompts, _cfg(0.0, seed=4), out, META, decode=decode)
+    assert part.read_bytes() == before
+    done = tmp_path / "done.parquet"
+    done.write_bytes(traces[0.0].read_bytes())
+    with pytest.raises(RecordError, match="--overwrite"):
+        record(models, *prompts, _cfg(0.0, seed=4), done, META, decode=decode)
+    assert done.read_bytes() == traces[0.0].read_bytes()
+    res = record(models, *prompts, _cfg(0.0), done, META, decode=decode, score=gsm8k_correct)
+    assert res.groups_done == 0 and done.read_bytes() == traces[0.0].read_bytes()
+
+
+def test_simulator_reads_and_runs_the_trace(traces):
+    from typer.testing import CliRunner
+
+    from simulator.cli import app
+
+    for path in traces.values():
+        tr = read_trace(path)
+        assert tr.drafters == ("d-first", "d-last") and tr.k_max == 4
+        assert set(tr.accept) == {"standard", "sqrt", "typical", "all", "none"}
+        assert tr.meta["synthetic"] is False and tr.meta["relaxed_rules"]["typical"]["delta"] == 0.3
+        assert set(tr.prompt_columns) >= {"category", "correct", "prompt_text", "generated_text"}
+        for policy in (["--policy", "stop_absolute", "--param", "theta=1", "--param", "k=4"],
+                       ["--policy", "relaxed", "--param", "tau=2", "--param", "k=3"]):
+            res = CliRunner().invoke(app, ["run", "--trace", str(path), *policy, "--json",
+                                           "--latency", "const:draft=0.1,verify=1"])
+            assert res.exit_code == 0, res.output
+            assert json.loads(res.stdout)["tokens"] == tr.n_positions
+
+
+@pytest.mark.parametrize(("generated", "reference", "ok"), [
+    ("so she makes 18 dollars", "work\n#### 18", True),
+    ("The answer is 1,234.00.", "#### 1234", True),
+    ("It is 18, not 17", "#### 18", False),
+    ("no number here", "#### 5", False),
+    ("-3 degrees", "x\n#### -3", True),
+])
+def test_gsm8k_scoring_rule(generated, reference, ok):
+    assert gsm8k_correct(generated, reference) is ok

@@ -1,0 +1,165 @@
+"""The ``validate`` command: parse, call the library, print. Bad input: one line, exit 2.
+
+Subcommands: ``record`` (real models -> trace). The group callback is where ``validate --pair``
+(run and compare) and further subcommands (``calibrate``) attach.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from simulator.errors import EntrospecError
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"validate: error: {msg}", err=True)
+    sys.exit(2)
+
+
+class OneLineErrors(TyperGroup):
+    """Click/typer usage errors and EntrospecErrors as ``validate: error: ...``, exit 2."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "validate",
+                              complete_var=complete_var, standalone_mode=False,
+                              windows_expand_args=windows_expand_args, **extra)
+        except typer.TyperException as exc:  # usage errors: bad flags, values, commands
+            text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            _fail(" ".join(text.split()))
+        except EntrospecError as exc:
+            _fail(str(exc))
+        except typer.Abort:
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, invoke_without_command=True,
+                  help="Record traces from real models and check the simulator against them.")
+
+
+@app.callback()
+def main(ctx: typer.Context) -> None:
+    """Real-model side of entrospec: `validate record ...` writes a trace."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EntrospecError(f"--device {name}: no CUDA device here")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise EntrospecError(f"--device {name!r}: use auto, cpu or cuda[:N]")
+    return name
+
+
+def _dtype(name: str, device: str) -> Any:
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if name not in table:
+        raise EntrospecError(f"--dtype {name!r}: use auto, {', '.join(table)}")
+    return table[name]
+
+
+def _early_output_check(out: Path, overwrite: bool, cli_args: dict[str, Any]) -> None:
+    """Refuse before loading models when ``out`` exists from a different recording."""
+    from .record import file_args, parts_dir
+
+    if overwrite or not out.exists() or parts_dir(out).exists():
+        return
+    old = file_args(out)
+    if not isinstance(old, dict) or any(old.get(k) != v for k, v in cli_args.items()):
+        raise EntrospecError(f"{out} exists and holds another recording; pass --overwrite or "
+                             "choose another --out")
+
+
+@app.command()
+def record(
+    pair: Annotated[str, typer.Option(help="model pair (smollm2-135m, 0.5b-7b, 1.5b-32b, "
+                                           "opt-125m-2.7b, llama-1b-3b, r1-distill)")],
+    dataset: Annotated[str, typer.Option(help="gsm8k | specbench | specbench:CATEGORY")],
+    out: Annotated[Path, typer.Option(help="trace Parquet file to write")],
+    prompts: Annotated[int | None, typer.Option(help="first N prompts (default all)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens generated per prompt, at most")]
+    = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy, else sampling temperature")]
+    = 0.0,
+    seed: Annotated[int, typer.Option(help="seed of every sampling draw")] = 0,
+    k_max: Annotated[int, typer.Option(help="free-run steps recorded per rejection")] = 16,
+    topk: Annotated[int, typer.Option(help="k of the top-k entropy")] = 10,
+    batch: Annotated[int, typer.Option(help="prompts per group (batch and resume unit)")] = 8,
+    freerun_batch: Annotated[int, typer.Option(help="free-run rows per drafter forward")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA) | "
+                                            "float32 | bfloat16 | float16")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default)")] = 0,
+    drafters_dir: Annotated[Path | None, typer.Option(help="folder of trained drafters "
+                                                           "(smollm2-135m; default drafters/)")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
+) -> None:
+    """Record a trace: verifier output, teacher-forced drafters, free-runs (resumable)."""
+    from . import pairs
+    from .datasets import gsm8k_correct, load_prompts, parse_spec
+    from .record import RecordConfig
+    from .record import record as run_record
+
+    cfg = RecordConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                       k_max=k_max, topk=topk, batch=batch, freerun_batch=freerun_batch)
+    cfg.check()
+    selected = load_prompts(dataset, prompts)
+    pair_spec = pairs.get_pair(pair)
+    folder = drafters_dir if drafters_dir is not None else pairs.DRAFTERS_DIR
+    pairs.check_available(pair_spec, folder)
+    dev = _device(device)
+    dt = _dtype(dtype, dev)
+    cli_args = {"pair": pair, "dataset": dataset, "n_prompts": len(selected),
+                "device": dev.split(":")[0], "dtype": str(dt).removeprefix("torch."),
+                "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+                "k_max": k_max, "topk": topk, "batch": batch, "freerun_batch": freerun_batch}
+    _early_output_check(out, overwrite, cli_args)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    loaded = pairs.load_pair(pair, dev, dt, folder)
+    ids = [loaded.encode(p.text) for p in selected]
+    command = ["validate", "record", "--pair", pair, "--dataset", dataset, "--prompts",
+               str(len(selected)), "--max-new-tokens", str(max_new_tokens), "--temperature",
+               str(temperature), "--seed", str(seed), "--k-max", str(k_max), "--topk", str(topk),
+               "--batch", str(batch), "--freerun-batch", str(freerun_batch), "--device", dev,
+               "--dtype", str(cli_args["dtype"])]
+    command += ["--drafters-dir", str(drafters_dir)] if drafters_dir is not None else []
+    command += ["--out", str(out)]
+    meta = {**loaded.meta, "dataset": dataset, "command": shlex.join(command)}
+    score = gsm8k_correct if parse_spec(dataset)[0] == "gsm8k" else None
+    res = run_record(loaded.models, selected, ids, cfg, out, meta, decode=loaded.decode,
+                     score=score, args={**cli_args, "models": loaded.fingerprints},
+                     overwrite=overwrite, progress=progress)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in res.stage_seconds.items())
+    typer.echo(f"{out}: {res.prompts} prompts, {res.groups_done} groups recorded now, "
+               f"{res.tokens} tokens in {res.seconds:.1f} s = {res.tokens_per_second:.1f} "
+               f"tokens/s ({stages})")
+
+
+if __name__ == "__main__":
+    app()
