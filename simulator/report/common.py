@@ -93,12 +93,17 @@ class TraceCtx:
         self.replay = Replay(trace, seed)
         self.pricer = Pricer(latency, trace)
         self.baseline = self.pricer.baseline_ns(trace).astype(np.int64)  # (P,)
-        self.k_max = min(MAX_K, trace.k_max + 1, k_cap or MAX_K)  # drafts a fixed k may reach
         self.tasks = task_labels(trace)  # (P,)
         self.task_names = tuple(sorted(set(self.tasks.tolist())))
         self._runs: dict[tuple, Run] = {}
         self._subs: dict[str, TraceCtx] = {}
         self.notes: list[str] = []  # runs that could not be made, with the reason
+        # the largest cap the trace replays: a fixed k reads the most free-run signals of any
+        # policy at that cap, so every policy capped at k_max replays too
+        k = min(MAX_K, trace.k_max + 1, k_cap or MAX_K)
+        while k > 1 and self.try_run("fixed", k=k) is None:
+            k -= 1
+        self.k_max = k
 
     def sub(self, key: str, make_trace: Any) -> TraceCtx:
         """A derived context (a truncation, one drafter), built once by ``make_trace()``."""
@@ -140,7 +145,8 @@ class TraceCtx:
         try:
             return self.run(name, **params)
         except EntrospecError as exc:
-            note = f"{name} {fmt(tuple(params.values()))}: {exc}"
+            args = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
+            note = f"{name}({args}): {exc}"
             if note not in self.notes:
                 self.notes.append(note)
             return None
@@ -235,7 +241,7 @@ class Grids:
     theta: nats, quantiles 5%..95% of the first drafter's entropy over all traces (stop and
     relaxation thresholds). vtheta: nats, quantiles of the verifier's entropy (router
     thresholds). budget: nats, cumulative-entropy budgets. rho, beta: dimensionless ratios.
-    caps: draft caps k for the entropy rules.
+    caps: draft caps k for the entropy rules (each trace clips them to what it replays).
     """
 
     theta: tuple[float, ...]
@@ -246,12 +252,14 @@ class Grids:
     caps: tuple[int, ...] = (4, 8, 16)
 
     @classmethod
-    def of(cls, traces: list[Trace], k_max: int) -> Grids:
+    def of(cls, traces: list[Trace]) -> Grids:
         ent = np.concatenate([t.signals["entropy"][0] for t in traces])
         ver = np.concatenate([t.verifier_entropy for t in traces])
         theta = entropy_grid(ent)
         mean = float(np.mean(ent))
         budget = sorted({float(f"{mean * m:.3g}") for m in (0.5, 1, 1.5, 2, 3, 4, 6, 8)})
-        caps = tuple(sorted({min(c, k_max) for c in (4, 8, 16)}))
-        return cls(tuple(theta), tuple(entropy_grid(ver, 9, 0.1, 0.9)), tuple(budget),
-                   caps=caps)
+        return cls(tuple(theta), tuple(entropy_grid(ver, 9, 0.1, 0.9)), tuple(budget))
+
+    def caps_upto(self, k_max: int) -> list[int]:
+        """The caps clipped to k_max (the largest cap a trace replays), increasing."""
+        return sorted({min(c, k_max) for c in self.caps})

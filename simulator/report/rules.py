@@ -42,7 +42,7 @@ SEED000 = ("stop_absolute", "stop_relative", "stop_window", "stop_combined", "ad
 
 def configs(family: str, g: Grids, k_max: int) -> list[dict[str, Any]]:
     """The grid of one family (parameters as policy fields)."""
-    caps = [c for c in g.caps if c <= k_max]
+    caps = g.caps_upto(k_max)
     mid = caps[len(caps) // 2]
     th = g.theta
     if family in ("stop_absolute", "draft_static"):
