@@ -1,0 +1,152 @@
+"""Calibration on a tiny random Llama (seconds), the fit, pairs and model configs, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from simulator.cli import latency_for  # noqa: E402
+from simulator.errors import LatencyError  # noqa: E402
+from simulator.latency import CONFIG_DIR, decode_cost, linear_form, load_profile  # noqa: E402
+from validator.calibrate import (  # noqa: E402
+    CalibrationError,
+    app,
+    calibrate,
+    calibrate_roles,
+    fit_linear,
+    fit_points,
+    hf_config,
+    piecewise_seconds,
+)
+
+TINY = {"name": "tiny", "architecture": "llama", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "intermediate_size": 64, "vocab_size": 128, "max_position_embeddings": 128,
+        "tie_word_embeddings": True}
+PAIRS = json.loads((CONFIG_DIR / "pairs.json").read_text())["pairs"]
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.json"))
+
+
+def test_fit_reproduces_exact_synthetic_data() -> None:
+    coef = np.array([2e-3, 5e-4, 3e-7, 2e-8])
+    n, c = (g.ravel() for g in np.meshgrid([1, 2, 3, 5, 9, 17], [16, 100, 1000, 4096]))
+    got = fit_linear(n, c, linear_form(coef, n, c))
+    np.testing.assert_allclose(got, coef, rtol=1e-6)
+
+
+def test_fit_holds_out_every_third_point_and_fits_pieces() -> None:
+    one, many, long = [5e-2, 0, 1e-6, 0], [9e-2, 2e-3, 2e-6, 1e-8], [1e-2, 2e-3, 1e-6, 1e-9]
+    pts = [{"new": n, "context": c, "piece": "grid",
+            "median_s": float(linear_form(np.array(one if n == 1 else many), n, c))}
+           for c in (256, 64, 16) for n in (1, 2, 4, 8)]
+    pts += [{"new": n, "context": c, "piece": "long",
+             "median_s": float(linear_form(np.array(long), n, c))}
+            for c in (512, 0) for n in (32, 96, 256)]
+    fit = fit_points(pts)
+    assert [p["heldout"] for p in pts[:6]] == [False, False, True] * 2
+    assert fit["heldout"]["points"] == 4 and fit["fit_error"]["points"] == 8
+    assert fit["heldout"]["max_rel_err"] > 0.01  # one linear form cannot follow the jump
+    assert fit["prefill_check"]["points"] == 6 and fit["prefill_check"]["max_rel_err"] > 0.1
+    assert [p["new"] for p in fit["pieces"]] == [[1, 1], [2, 8], [9, None]]
+    for got, want in zip(fit["pieces"], (one, many, long), strict=True):
+        np.testing.assert_allclose(got["coef"], want, rtol=1e-6, atol=1e-12)
+    for part in ("grid", "long"):
+        assert fit["pieces_heldout"][part]["points"] > 0
+        assert fit["pieces_heldout"][part]["max_rel_err"] < 1e-6
+
+
+def test_fit_refuses_too_few_points() -> None:
+    with pytest.raises(CalibrationError):
+        fit_linear(np.array([1]), np.array([16]), np.array([1e-3]))
+
+
+def test_calibrate_tiny_model_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
+    out = tmp_path / "tiny.json"
+    news, contexts = [1, 2, 3, 5], [8, 32, 96]
+    doc = calibrate_roles({"verifier": TINY, "tiny-d1": {**TINY, "name": "tiny-d1",
+                                                        "num_hidden_layers": 1}},
+                          random_weights=True, out=out, news=news, contexts=contexts,
+                          repeats=1, long_new=(8, 16), long_context=(0, 32), progress=False,
+                          quiet=float("inf"), sweeps=2)
+    prof = load_profile(str(out))
+    assert set(prof.coefs) == {"verifier", "tiny-d1"}
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    assert doc["hardware"]["device"] == "cpu" and doc["libraries"]["torch"]
+    n, c = np.meshgrid(np.arange(1, 6), np.arange(8, 97))
+    for role, entry in doc["models"].items():
+        assert entry["step"] == ("verify_step" if role == "verifier" else "draft_step")
+        grid = [p for p in entry["points"] if p["piece"] == "grid"]
+        assert len(grid) == len(news) * len(contexts) and len(entry["points"]) == len(grid) + 4
+        assert all(p["median_s"] > 0 and len(p["sweep_medians_s"]) == 2 and p["spread"] >= 0
+                   for p in entry["points"])
+        assert entry["heldout"]["points"] == sum(p["heldout"] for p in grid) == len(grid) // 3
+        held = entry["heldout"]
+        assert np.isfinite([held["median_rel_err"], held["max_rel_err"]]).all()
+        for t in (prof.seconds(role, n, c), piecewise_seconds(entry["pieces"], n, c)):
+            assert (t > 0).all()
+            assert (np.diff(t, axis=0) >= 0).all()  # more context never cheaper
+        assert (np.diff(prof.seconds(role, n, c), axis=1) >= 0).all()  # nor more new tokens
+
+
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+@pytest.mark.parametrize("hw", ["H100", "cpu-2core"])
+def test_every_pair_resolves_for_roofline(pair: str, hw: str) -> None:
+    drafters = PAIRS[pair]["drafters"]
+    model = latency_for(f"roofline:{hw}", {"drafters": drafters}, pair)
+    for role in ["verifier", *drafters]:
+        t = model.seconds(role, np.array([1, 17]), np.array([300, 300]))
+        assert np.isfinite(t).all() and (t > 0).all() and t[1] >= t[0]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_configs_build_the_shapes_the_roofline_counts(name: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((CONFIG_DIR / "models" / f"{name}.json").read_text())
+    assert cfg["name"] == name and cfg["source"] and cfg["source_urls"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(cfg))
+    params = sum(p.numel() for p in model.parameters())
+    _, flops = decode_cost(cfg, np.array(1.0), np.array(0.0), 4.0)
+    dense = flops / 2 - 2 * cfg["num_hidden_layers"] * cfg["num_attention_heads"] * \
+        cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    untied = 0 if cfg["tie_word_embeddings"] else cfg["vocab_size"] * cfg["hidden_size"]
+    assert params == pytest.approx(dense + untied, rel=0.03)  # norms, biases, positions
+
+
+def test_unknown_pair_is_a_one_line_error_exit_2(tmp_path: Path) -> None:
+    with pytest.raises(LatencyError, match="unknown"):
+        calibrate("no-such-pair", out=str(tmp_path / "x.json"), progress=False)
+    res = CliRunner().invoke(app, ["--pair", "no-such-pair", "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2
+    assert "no-such-pair" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_refuses_to_overwrite_a_file_of_another_schema(tmp_path: Path) -> None:
+    out = tmp_path / "other.json"
+    out.write_text(json.dumps({"schema": "someone-else/2"}))
+    res = CliRunner().invoke(app, ["--pair", "smollm2-135m", "--out", str(out),
+                                   "--random-weights", "--no-progress"])
+    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert json.loads(out.read_text()) == {"schema": "someone-else/2"}
+
+
+@pytest.mark.parametrize("bad", [{"architecture": "mamba"}, {"head_dim": 7}])
+def test_bad_model_config_is_a_calibration_error(bad: dict) -> None:
+    with pytest.raises(CalibrationError):
+        calibrate_roles({"verifier": {**TINY, **bad}}, random_weights=True, news=[1],
+                        contexts=[8], repeats=1, long_new=(), progress=False,
+                        quiet=float("inf"))
+
+
+def test_no_local_weights_asks_for_random_weights(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="--random-weights"):
+        calibrate("0.5b-7b", out=str(tmp_path / "x.json"), progress=False)

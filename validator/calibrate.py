@@ -1,0 +1,603 @@
+"""Time forward passes over a grid and fit the simulator's latency profile.
+
+    validate calibrate --pair smollm2-135m --out profiles/smollm2-135m-cpu.json --threads 2
+
+Each role of a pair ("verifier" and each drafter, named by its model-config name) is built with
+its real weights where a local loader exists (SmolLM2-135M and its layer drafters), else from
+``simulator/configs/models/NAME.json`` with random weights (``--random-weights``: latency
+depends on shapes, not values). A KV cache is pre-filled to the largest context once, then
+cropped to each context (descending); at each (new, context) point one warm-up call and
+``repeats`` timed calls of the role's *step* run, the cache cropped back after each (CUDA:
+synchronised around each call); the point is their median. A step is what the real decoder
+(validator/decoder.py) pays: ``verify_step`` for the verifier, ``draft_step`` for drafters
+and for the long (prefill / catch-up) points of every role.
+
+Fits (NNLS on relative residuals, so no coefficient is negative and a pass never gets cheaper
+with more tokens or context; every third point held out):
+  coef    t = a + b*new + c*context + d*new*context over the grid (new <= K+1): the form
+          simulator/latency.py prices with; "heldout", "fit_error", "prefill_check" (its error
+          on the long points, which it never sees) describe it.
+  pieces  the same form fitted separately for new = 1, 2..K+1 and the long points (PIECES_FORM):
+          on CPU one token runs matrix-vector kernels and skips the attention mask, so the cost
+          jumps between new = 1 and 2; "pieces_heldout" gives its held-out errors.
+Other batch sizes (GPU) get their own fits under "by_batch"; the top level is the smallest.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from simulator.errors import EntrospecError, LatencyError
+from simulator.latency import CONFIG_DIR, PROFILE_SCHEMA, linear_form, load_model_config
+
+FORM = "a + b*new + c*context + d*new*context"
+DTYPES = ("float32", "float16", "bfloat16")
+PREFILL_CHUNK = 512  # tokens per prefill forward (bounds attention memory)
+DEFAULT_NEW = (1, 2, 3, 4, 6, 8, 12, 17)
+LONG_NEW = (32, 96, 256)  # prefill / catch-up lengths (fitted as their own piece only)
+LONG_CONTEXT = (0, 512, 2048)
+QUIET_CORES = 0.1  # other processes may keep at most this many cores busy during a point
+TOPK = 10  # k of the decoder's "topk" signal (validator.decoder default)
+PIECES_FORM = ("piecewise in new: 'pieces' = [{'new': [lo, hi], 'coef': [a, b, c, d]}, ...] "
+               "(hi null = no bound); seconds = linear form with the piece holding new")
+
+
+class CalibrationError(LatencyError):
+    """Unknown pair or model config, no local weights, bad grid or device (one-line message)."""
+
+
+# ---- pairs and model configs ---------------------------------------------------------------
+
+def pair_roles(pair: str) -> dict[str, dict[str, Any]]:
+    """Role -> model config for a pair in configs/pairs.json ("verifier", then drafter names)."""
+    pairs = json.loads((CONFIG_DIR / "pairs.json").read_text())["pairs"]
+    if pair not in pairs:
+        raise CalibrationError(f"--pair {pair!r}: unknown; known: {', '.join(sorted(pairs))}")
+    entry = pairs[pair]
+    roles = {"verifier": load_model_config(entry["verifier"])}
+    for name in entry["drafters"]:
+        roles[name] = load_model_config(name)
+    return roles
+
+
+def hf_config(cfg: dict[str, Any]) -> Any:
+    """A transformers config with the shapes of one of our model-config dicts."""
+    from transformers import LlamaConfig, OPTConfig, Qwen2Config
+
+    arch = cfg.get("architecture", "llama")
+    common = dict(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                  num_hidden_layers=cfg["num_hidden_layers"],
+                  num_attention_heads=cfg["num_attention_heads"],
+                  max_position_embeddings=cfg.get("max_position_embeddings", 8192),
+                  tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+                  pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    if arch == "opt":
+        return OPTConfig(ffn_dim=cfg["intermediate_size"], word_embed_proj_dim=cfg["hidden_size"],
+                         do_layer_norm_before=True, **common)
+    if arch not in ("llama", "qwen2"):
+        raise CalibrationError(f"model {cfg.get('name')!r}: unknown architecture {arch!r} "
+                               "(llama, qwen2, opt)")
+    rope = {"rope_type": "default", **(cfg.get("rope_scaling") or {}),
+            "rope_theta": cfg.get("rope_theta", 10000.0)}
+    kw = dict(intermediate_size=cfg["intermediate_size"], rope_parameters=rope,
+              num_key_value_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+              rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), **common)
+    try:
+        if arch == "qwen2":
+            return Qwen2Config(**kw)
+        return LlamaConfig(head_dim=cfg.get("head_dim"), **kw)
+    except Exception as exc:  # transformers' validators raise several unrelated types
+        raise CalibrationError(f"model {cfg.get('name')!r}: {str(exc).splitlines()[-1]}") from exc
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise CalibrationError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def build_random(cfg: dict[str, Any], dtype: str, device: str) -> Any:
+    """The architecture of ``cfg`` with random weights, eval mode, on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=_torch_dtype(dtype))
+    model.eval().requires_grad_(False)
+    return model
+
+
+def build_real(roles: dict[str, dict[str, Any]], dtype: str, device: str) -> dict[str, Any]:
+    """Role -> model with real weights: only SmolLM2-135M (and its layer drafters) load here."""
+    verifier_name = roles["verifier"]["name"]
+    if verifier_name != "smollm2-135m":
+        raise CalibrationError(f"no local weights for {verifier_name!r}; pass --random-weights "
+                               "(latency depends on shapes, not weights)")
+    from validator.drafter import build_drafter
+    from validator.smollm2 import load_verifier
+
+    verifier, _ = load_verifier(dtype=_torch_dtype(dtype), device=device)
+    models = {"verifier": verifier}
+    for role, cfg in list(roles.items())[1:]:
+        if cfg.get("drafter_of") != verifier_name:
+            raise CalibrationError(f"drafter {role!r} is not a layer drafter of {verifier_name}; "
+                                   "pass --random-weights")
+        models[role] = build_drafter(verifier, int(cfg["num_hidden_layers"]))
+    return models
+
+
+# ---- step functions and timing -------------------------------------------------------------
+
+def draft_step(model: Any, ids: Any, cache: Any) -> tuple[list[Any], list[int]]:
+    """The decoder's drafter step (validator/decoder.py): a forward keeping the last position's
+    logits, their signals (validator.signals.draft_signals, top-k 10) and argmax, on the host."""
+    from validator.signals import as_float, draft_signals
+
+    rows = as_float(model(input_ids=ids, past_key_values=cache, use_cache=True,
+                          logits_to_keep=1).logits[:, -1])
+    return draft_signals(rows, TOPK).tolist(), rows.argmax(-1).tolist()
+
+
+def verify_step(model: Any, ids: Any, cache: Any) -> tuple[int, int, float]:
+    """The decoder's verification of ``new - 1`` drafts (greedy, standard rule): a forward
+    keeping every new position's logits, softmax, the drafter rows' softmax (stood in for by
+    the first ``new - 1`` rows: same shape), validator.decoder.verify, the emitted position's
+    entropy. Batch > 1 (GPU) runs the forward on the batch and the decision on row 0."""
+    import torch
+
+    from validator.decoder import TorchDraws, verify
+    from validator.signals import as_float, entropy
+
+    v = as_float(model(input_ids=ids, past_key_values=cache, use_cache=True,
+                       logits_to_keep=ids.shape[1]).logits[0])
+    n = v.shape[0] - 1
+    rules = torch.zeros(n, dtype=torch.long, device=v.device)
+    a, tok = verify(torch.softmax(v, -1), torch.softmax(v[:n], -1), ids[0, 1:], rules, True,
+                    TorchDraws(None))
+    return a, tok, float(entropy(v[a]))
+
+
+def _crop(cache: Any, length: int) -> None:
+    cache.crop(length - cache.get_seq_length())  # crop(-k) drops the last k tokens
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall s, CPU-seconds all processes were busy, CPU-seconds this process used). The busy
+    total is Linux /proc/stat (1/USER_HZ resolution); elsewhere the others' share reads 0."""
+    own = time.process_time()
+    try:
+        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return time.perf_counter(), own, own
+    return time.perf_counter(), (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK"), own
+
+
+def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """CPU cores other processes kept busy between two snapshots (on average), less the
+    counter's resolution (2 ticks), so short windows do not read as contended."""
+    wall = max(after[0] - before[0], 1e-9)
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0.0, others - 2 / os.sysconf("SC_CLK_TCK")) / wall
+
+
+def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[str, Any],
+                batch: int, repeats: int, device: str, tick: Callable[[], None] = lambda: None,
+                quiet: float = QUIET_CORES, sweeps: int = 1, tries: int = 6
+                ) -> list[dict[str, Any]]:
+    """Median seconds of ``steps[piece]`` at each (context, new, piece) of ``plan``.
+
+    A sweep pre-fills a cache to the largest context, then crops it to each context in
+    descending order; every timed call is cropped back (module docstring). ``sweeps`` sweeps
+    give each point ``sweeps * repeats`` calls, its median "median_s", and "spread" =
+    (max - min) / median of the per-sweep medians: the run-to-run noise no form can fit. A
+    (point, sweep) measured while other processes kept more than ``quiet`` cores busy is
+    measured again after a pause (at most ``tries`` attempts; the least disturbed one is kept,
+    the worst kept "others_cores" recorded): contention inflates eager CPU timings many-fold.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    order = sorted(plan, key=lambda x: (-x[0], x[2], x[1]))
+
+    def attempt(cache: Any, new: int, context: int, fn: Callable[..., Any]) -> list[float]:
+        times = []
+        for _ in range(repeats + 1):  # call 0 is the warm-up
+            ids = torch.randint(vocab, (batch, new), generator=gen).to(device)
+            sync()
+            t0 = time.perf_counter()
+            fn(model, ids, cache)
+            sync()
+            times.append(time.perf_counter() - t0)
+            _crop(cache, context)
+        return times[1:]
+
+    runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {pt: [] for pt in order}
+    with torch.inference_mode():
+        for _ in range(sweeps):
+            cache = DynamicCache(config=model.config)
+            ids = torch.randint(vocab, (batch, order[0][0]), generator=gen)
+            for s in range(0, ids.shape[1], PREFILL_CHUNK):
+                model(input_ids=ids[:, s:s + PREFILL_CHUNK].to(device), past_key_values=cache,
+                      use_cache=True, logits_to_keep=1)
+            for context, new, piece in order:
+                _crop(cache, context)
+                best: dict[str, Any] = {}
+                for k in range(tries):
+                    if k:
+                        time.sleep(min(0.5 * k, 2.0))
+                    before = cpu_snapshot()
+                    times = attempt(cache, new, context, steps[piece])
+                    others = others_cores(before, cpu_snapshot())
+                    if not best or others < best["others"]:
+                        best = {"times": times, "others": others, "tries": k + 1}
+                    if others <= quiet:
+                        break
+                runs[(context, new, piece)].append(best)
+                tick()
+            del cache
+    points = []
+    for (context, new, piece), got in runs.items():
+        meds = [statistics.median(g["times"]) for g in got]
+        points.append({"new": new, "context": context, "batch": batch, "piece": piece,
+                       "median_s": statistics.median(t for g in got for t in g["times"]),
+                       "sweep_medians_s": meds,
+                       "spread": (max(meds) - min(meds)) / statistics.median(meds),
+                       "others_cores": round(max(g["others"] for g in got), 3),
+                       "tries": sum(g["tries"] for g in got)})
+    return points
+
+
+# ---- fit -----------------------------------------------------------------------------------
+
+def fit_linear(new: np.ndarray, context: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Non-negative [a, b, c, d] of ``linear_form`` minimising the relative squared error
+    (b = d = 0 when every point has the same ``new``: they are not identifiable then)."""
+    from scipy.optimize import nnls
+
+    n, c, t = (np.asarray(x, dtype=np.float64) for x in (new, context, seconds))
+    if len(t) < 2 or (t <= 0).any():
+        raise CalibrationError(f"fit needs >= 2 positive timings, got {len(t)}")
+    design = np.column_stack([np.ones_like(n), n, c, n * c])
+    if np.ptp(n) == 0:
+        design[:, [1, 3]] = 0.0
+    scale = design.max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(design / scale / t[:, None], np.ones_like(t))
+    return coef / scale
+
+
+def rel_errors(pred: np.ndarray, pts: list[dict[str, Any]]) -> dict[str, float | int]:
+    """Median and max |pred - measured| / measured over ``pts``."""
+    if not pts:
+        return {"points": 0}
+    t = np.array([p["median_s"] for p in pts])
+    err = np.abs(np.asarray(pred) - t) / t
+    return {"points": len(pts), "median_rel_err": float(np.median(err)),
+            "max_rel_err": float(err.max())}
+
+
+def _cols(pts: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(np.array([p[k] for p in pts], dtype=np.float64)  # type: ignore[return-value]
+                 for k in ("new", "context", "median_s"))
+
+
+def piecewise_seconds(pieces: list[dict[str, Any]], new: np.ndarray,
+                      context: np.ndarray) -> np.ndarray:
+    """``linear_form`` with the coefficients of the piece whose [lo, hi] holds ``new``."""
+    n = np.asarray(new, dtype=np.float64)
+    out = np.full(np.broadcast(n, np.asarray(context)).shape, np.nan)
+    for pc in pieces:
+        lo, hi = pc["new"]
+        mask = (n >= lo) & (n <= (np.inf if hi is None else hi))
+        out = np.where(mask, linear_form(np.asarray(pc["coef"]), n, context), out)
+    return out
+
+
+def fit_points(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fit one role's points: every third of the grid and of the long points held out.
+
+    Returns the linear form over the grid ("coef", what simulator/latency.py prices with) and
+    the piecewise form ("pieces": new = 1, 2..max grid new, longer), with their errors.
+    """
+    grid = [p for p in points if p["piece"] != "long"]
+    long = [p for p in points if p["piece"] == "long"]
+    for group in (grid, long):
+        for i, p in enumerate(group):
+            p["heldout"] = i % 3 == 2
+    train = [p for p in points if not p["heldout"]]
+    held = [p for p in points if p["heldout"]]
+    coef = fit_linear(*_cols([p for p in train if p["piece"] != "long"]))
+    top = max(p["new"] for p in grid)
+    pieces = []
+    for lo, hi in ((1, 1), (2, top), (top + 1, None)):
+        inside = [p for p in train if p["new"] >= lo and (hi is None or p["new"] <= hi)]
+        if inside:
+            pieces.append({"new": [lo, hi], "coef": [float(x) for x in fit_linear(*_cols(inside))]})
+    lin = lambda pts: linear_form(coef, *_cols(pts)[:2])  # noqa: E731
+    pw = lambda pts: piecewise_seconds(pieces, *_cols(pts)[:2])  # noqa: E731
+    held_grid = [p for p in held if p["piece"] != "long"]
+    held_long = [p for p in held if p["piece"] == "long"]
+    train_grid = [p for p in train if p["piece"] != "long"]
+    return {"coef": [float(x) for x in coef],
+            "heldout": rel_errors(lin(held_grid), held_grid),
+            "fit_error": rel_errors(lin(train_grid), train_grid),
+            "prefill_check": rel_errors(lin(long), long),
+            "pieces": pieces,
+            "pieces_heldout": {"grid": rel_errors(pw(held_grid), held_grid),
+                               "long": rel_errors(pw(held_long), held_long)}}
+
+
+# ---- driver --------------------------------------------------------------------------------
+
+def default_contexts(max_context: int, limit: int) -> list[int]:
+    """16, 32, 64, ... doubling up to ``max_context``, clipped to ``limit`` (positions)."""
+    top = min(max_context, limit)
+    ctx = [c for c in (16 * 2 ** i for i in range(20)) if c <= top]
+    return ctx + ([top] if top not in ctx and top > 16 else [])
+
+
+def role_plan(cfg: dict[str, Any], news: Sequence[int], contexts: Sequence[int] | None,
+              max_context: int, long_new: Sequence[int], long_context: Sequence[int]
+              ) -> list[tuple[int, int, str]]:
+    """(context, new, piece) points of one model: the grid, then the long (prefill) points."""
+    limit = cfg.get("max_position_embeddings", 1 << 30) - 1
+    grid = sorted(set(contexts or default_contexts(max_context, limit - max(news))))
+    plan = [(c, n, "grid") for c in grid for n in news if c + n <= limit]
+    return plan + [(c, n, "long") for c in long_context for n in long_new if c + n <= limit]
+
+
+def host_info(device: str) -> dict[str, Any]:
+    """The machine and libraries the timings come from: CPU model and threads, or GPU name."""
+    import scipy
+    import torch
+    import transformers
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() \
+        else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+               platform.processor() or platform.machine())
+    info: dict[str, Any] = {"device": device, "cpu": cpu, "logical_cpus": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "os": platform.platform()}
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_GiB=round(props.total_memory / 2 ** 30, 1))
+    libs = {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__}
+    return {"hardware": info, "libraries": libs}
+
+
+def measure_host(threads: int = 2, repeats: int = 5) -> dict[str, float]:
+    """Roofline inputs of this CPU (best of ``repeats``): memory bandwidth (B/s, numpy copy of
+    512 MiB float32, read + write bytes), float32 matmul FLOP/s (torch, 4096^2, ``threads``),
+    per-layer step overhead (s: draft_step of a tiny Llama, (9 layers - 1 layer) / 8)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    before = cpu_snapshot()
+    src = np.ones(2 ** 27, dtype=np.float32)
+    dst = np.empty_like(src)
+    bw = 2 * src.nbytes / _best(lambda: np.copyto(dst, src), repeats)
+    mat = torch.randn(4096, 4096)
+    flops = 2 * 4096 ** 3 / _best(lambda: mat @ mat, repeats)
+    others = others_cores(before, cpu_snapshot())
+    tiny = {"name": "tiny", "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+            "vocab_size": 128, "max_position_embeddings": 256}
+    step = {}
+    for layers in (1, 9):
+        model = build_random({**tiny, "num_hidden_layers": layers}, "float32", "cpu")
+        pt = time_points(model, [(16, 1, "grid")], {"grid": draft_step}, 1, 50 * repeats,
+                         "cpu")[0]
+        step[layers], others = pt["median_s"], max(others, pt["others_cores"])
+    return {"bandwidth_Bps": bw, "peak_flops": flops, "others_cores": round(others, 3),
+            "overhead_s_per_layer": (step[9] - step[1]) / 8, "step_1_layer_s": step[1]}
+
+
+def _best(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
+                    dtype: str = "float32", random_weights: bool = False,
+                    out: str | Path | None = None, news: Sequence[int] | None = None,
+                    max_new: int = 16, contexts: Sequence[int] | None = None,
+                    max_context: int = 4096, batch_sizes: Sequence[int] = (1,),
+                    repeats: int = 5, long_new: Sequence[int] = LONG_NEW,
+                    long_context: Sequence[int] = LONG_CONTEXT, threads: int | None = None,
+                    progress: bool = True, quiet: float = QUIET_CORES, sweeps: int = 1,
+                    meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time and fit every role of ``roles`` (role -> model config); write ``out`` if given.
+
+    ``quiet``: cores other processes may keep busy before a point is re-measured (time_points).
+    """
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CalibrationError(f"--device {device}: torch sees no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CalibrationError(f"--device {device!r}: expected cpu or cuda[:N]")
+    _torch_dtype(dtype)
+    news = sorted(set(news or [n for n in DEFAULT_NEW if n <= max_new] + [max_new + 1]))
+    if news[0] < 1 or min(repeats, sweeps, *batch_sizes) < 1 or max_context < 16:
+        raise CalibrationError("grid: new, repeats, sweeps, batch >= 1; max context >= 16")
+    if long_new and min(long_new) <= max(news):
+        raise CalibrationError(f"long (prefill) new {min(long_new)} must exceed {max(news)}")
+    if out is not None:
+        _check_out(Path(out))
+    if threads is not None:
+        torch.set_num_threads(threads)
+    plans = {r: role_plan(c, news, contexts, max_context, long_new, long_context)
+             for r, c in roles.items()}
+    bar = _progress(sum(map(len, plans.values())) * len(batch_sizes) * sweeps) if progress \
+        else None
+    tick = (lambda: bar[0].advance(bar[1])) if bar else (lambda: None)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    models_out: dict[str, Any] = {}
+    try:
+        real = None if random_weights else build_real(roles, dtype, device)
+        for role, cfg in roles.items():
+            model = real[role] if real else build_random(cfg, dtype, device)
+            step = verify_step if role == "verifier" else draft_step
+            by_batch = {}
+            for b in sorted(batch_sizes):
+                pts = time_points(model, plans[role], {"grid": step, "long": draft_step}, b,
+                                  repeats, device, tick, quiet, sweeps)
+                by_batch[b] = {**fit_points(pts), "points": pts}
+            first = by_batch.pop(min(by_batch))
+            models_out[role] = {
+                "model": cfg["name"], "n_layers": cfg["num_hidden_layers"],
+                "weights": "random" if random_weights else "real", "step": step.__name__,
+                **first, "by_batch": {str(b): v for b, v in by_batch.items()}}
+            del model
+            gc.collect()
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    except (ValueError, RuntimeError, OSError) as exc:  # bad config values, weights unavailable
+        raise CalibrationError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        if bar:
+            bar[0].stop()
+    doc = {"schema": PROFILE_SCHEMA, **(meta or {}), "form": FORM, "pieces_form": PIECES_FORM,
+           "fit": "non-negative least squares on relative residuals; every third grid point "
+                  "and every third long point (plan order: context desc, new asc) held out",
+           **host_info(device), "dtype": dtype,
+           "grid": {"new": news, "context": sorted({c for p in plans.values() for c, _, k in p
+                                                    if k == "grid"}),
+                    "long_new": list(long_new), "long_context": list(long_context),
+                    "batch": sorted(batch_sizes), "repeats": repeats, "sweeps": sweeps,
+                    "statistic": "median of sweeps x repeats calls, each after a warm-up call"},
+           "contention": {"quiet_cores": quiet, **_contention(models_out)},
+           "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "models": models_out}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def _contention(models: dict[str, Any]) -> dict[str, Any]:
+    """How busy other processes kept the CPU during the kept attempts (see time_points)."""
+    pts = [p for m in models.values() for b in [m, *m["by_batch"].values()] for p in b["points"]]
+    others = [p["others_cores"] for p in pts]
+    spread = [p["spread"] for p in pts]
+    return {"max_others_cores": max(others), "median_others_cores": statistics.median(others),
+            "extra_attempts": sum(p["tries"] for p in pts) - len(pts) * len(pts[0][
+                "sweep_medians_s"]), "median_spread": statistics.median(spread),
+            "max_spread": max(spread)}
+
+
+def _check_out(path: Path) -> None:
+    """Refuse to overwrite a file that is not a profile of our schema."""
+    if path.exists():
+        try:
+            schema = json.loads(path.read_text()).get("schema")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            schema = None
+        if schema != PROFILE_SCHEMA:
+            raise CalibrationError(f"--out {path}: exists and is not an {PROFILE_SCHEMA} "
+                                   f"profile (schema {schema!r}); refusing to overwrite")
+
+
+def _progress(total: int) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress("calibrate", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar.start()
+    return bar, bar.add_task("points", total=total)
+
+
+def calibrate(pair: str, device: str = "cpu", dtype: str = "float32",
+              random_weights: bool = False, out: str | Path | None = None, max_new: int = 16,
+              max_context: int = 4096, batch_sizes: Sequence[int] = (1,), repeats: int = 5,
+              threads: int | None = None, progress: bool = True, **grid: Any) -> dict[str, Any]:
+    """Calibrate every role of ``pair`` (configs/pairs.json); write the profile to ``out``.
+
+    ``grid``: news, contexts, long_new, long_context, quiet, sweeps (see calibrate_roles)."""
+    meta = {"pair": pair, "random_weights": random_weights, "command": " ".join(sys.argv)}
+    return calibrate_roles(pair_roles(pair), device=device, dtype=dtype,
+                           random_weights=random_weights, out=out, max_new=max_new,
+                           max_context=max_context, batch_sizes=batch_sizes, repeats=repeats,
+                           threads=threads, progress=progress, meta=meta, **grid)
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+
+app = typer.Typer(add_completion=False, help="Fit latency profiles from timed forward passes.")
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CalibrationError(f"expected a comma list of integers, got {text!r}") from None
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    pair: Annotated[str, typer.Option(help="pair name in simulator/configs/pairs.json")],
+    out: Annotated[Path, typer.Option(help="profile JSON to write")],
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+    random_weights: Annotated[bool, typer.Option(
+        "--random-weights", help="build each model from its config with random weights")] = False,
+    max_new: Annotated[int, typer.Option(help="K: new tokens go up to K+1")] = 16,
+    max_context: Annotated[int, typer.Option(help="largest context (tokens)")] = 4096,
+    new: Annotated[str | None, typer.Option(help="explicit new-token list, e.g. 1,2,4,17")] = None,
+    contexts: Annotated[str | None, typer.Option(help="explicit context list")] = None,
+    batch: Annotated[str, typer.Option(help="batch sizes, e.g. 1,4,16 (GPU)")] = "1",
+    long_new: Annotated[str, typer.Option(help="prefill/catch-up lengths ('' for none)")] =
+        ",".join(map(str, LONG_NEW)),
+    long_context: Annotated[str, typer.Option(help="their contexts")] =
+        ",".join(map(str, LONG_CONTEXT)),
+    repeats: Annotated[int, typer.Option(help="timed calls per point (median)")] = 5,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    sweeps: Annotated[int, typer.Option(help="passes over the whole grid (noise estimate)")] = 1,
+    quiet_cores: Annotated[float, typer.Option(
+        help="re-measure a point while other processes keep more cores busy")] = QUIET_CORES,
+    no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
+) -> None:
+    """Time each model of a pair over (new, context) and write a fitted latency profile."""
+    try:
+        doc = calibrate(pair, device, dtype, random_weights, out, max_new, max_context,
+                        _ints(batch) or [1], repeats, threads, not no_progress, news=_ints(new),
+                        contexts=_ints(contexts), long_new=_ints(long_new) or [],
+                        long_context=_ints(long_context) or [], quiet=quiet_cores,
+                        sweeps=sweeps)
+    except EntrospecError as exc:
+        typer.echo(f"validate calibrate: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for role, m in doc["models"].items():
+        h, g = m["heldout"], m["pieces_heldout"]["grid"]
+        typer.echo(f"{role}: held-out error, linear form: median {h['median_rel_err']:.1%} max "
+                   f"{h['max_rel_err']:.1%}; pieces: median {g['median_rel_err']:.1%} max "
+                   f"{g['max_rel_err']:.1%}")
+    typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()
