@@ -15,8 +15,12 @@ Profile format (``entrospec-profile/1``), JSON:
    "form": "a + b*new + c*context + d*new*context",
    "models": {"<role>": {"model": "<name>", "coef": [a, b, c, d],
                           "points": [{"new": n, "context": c, "median_s": t}, ...],
-                          "heldout": {"median_rel_err": e, "max_rel_err": e}}}}
-Roles are "verifier" and each drafter name as it appears in the trace.
+                          "heldout": {"median_rel_err": e, "max_rel_err": e},
+                          "pieces": [{"new": [lo, hi], "coef": [a, b, c, d]}, ...]}}}
+Roles are "verifier" and each drafter name as it appears in the trace. Where a role has
+"pieces" (optional; hi null = no bound; together they cover every new >= 1), a pass over ``new``
+tokens is priced by the linear form of the piece holding ``new``: on CPU one token runs
+matrix-vector kernels, so cost jumps between new = 1 and 2. Otherwise by "coef".
 """
 
 from __future__ import annotations
@@ -69,22 +73,60 @@ def linear_form(coef: np.ndarray, new: np.ndarray, context: np.ndarray) -> np.nd
     return a + b * n + c * x + d * n * x
 
 
+Piece = tuple[int, float, np.ndarray]  # (lowest new, highest new or inf, coef)
+
+
 @dataclass(frozen=True)
 class Profile:
-    """A measured profile: per role, coefficients of ``linear_form`` fitted to timings."""
+    """A measured profile: per role, ``linear_form`` coefficients fitted to timings, or pieces
+    of them by number of new tokens (then those price)."""
 
     path: str
     coefs: dict[str, np.ndarray]
+    pieces: dict[str, list[Piece]] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
-        return f"profile:{self.path}"
+        return f"profile:{self.path}" + (" (piecewise in new)" if self.pieces else "")
 
     def seconds(self, model: str, new: np.ndarray, context: np.ndarray) -> np.ndarray:
         if model not in self.coefs:
             raise LatencyError(f"{self.path}: profile has no model {model!r}; it has "
                                f"{sorted(self.coefs)}")
-        return linear_form(self.coefs[model], new, context)
+        if model not in self.pieces:
+            return linear_form(self.coefs[model], new, context)
+        n = np.asarray(new)
+        out = np.zeros(np.broadcast(n, np.asarray(context)).shape)
+        for lo, hi, coef in self.pieces[model]:
+            out = np.where((n >= lo) & (n <= hi), linear_form(coef, new, context), out)
+        return out
+
+
+def _coef(path: str, role: str, raw: Any) -> np.ndarray:
+    coef = np.asarray(raw if isinstance(raw, list) else [], dtype=np.float64)
+    if coef.shape != (4,) or not np.isfinite(coef).all():
+        raise LatencyError(f"{path}: model {role!r} needs 4 finite coefficients")
+    return coef
+
+
+def _pieces(path: str, role: str, raw: Any) -> list[Piece]:
+    """Validated pieces: contiguous ranges of new from 1 up, the last without bound."""
+    out: list[Piece] = []
+    want = 1
+    for piece in raw if isinstance(raw, list) else [None]:
+        rng = piece.get("new") if isinstance(piece, dict) else None
+        if not (isinstance(rng, list) and len(rng) == 2 and rng[0] == want
+                and (rng[1] is None or (isinstance(rng[1], int) and rng[1] >= rng[0]))):
+            raise LatencyError(f"{path}: model {role!r}: pieces must cover new = 1, 2, ... "
+                               f"contiguously (expected a piece from {want})")
+        hi = math.inf if rng[1] is None else rng[1]
+        out.append((rng[0], hi, _coef(path, role, piece.get("coef"))))
+        want = None if rng[1] is None else rng[1] + 1
+        if want is None:
+            break
+    if want is not None:
+        raise LatencyError(f"{path}: model {role!r}: the last piece needs no upper bound (null)")
+    return out
 
 
 def load_profile(path: str) -> Profile:
@@ -99,15 +141,17 @@ def load_profile(path: str) -> Profile:
         got = doc.get("schema") if isinstance(doc, dict) else None
         raise LatencyError(f"{path}: profile schema {got!r}; this entrospec reads "
                            f"{PROFILE_SCHEMA!r}")
-    coefs = {}
-    for role, entry in doc.get("models", {}).items():
-        coef = np.asarray(entry.get("coef", []), dtype=np.float64)
-        if coef.shape != (4,) or not np.isfinite(coef).all():
-            raise LatencyError(f"{path}: model {role!r} needs 4 finite coefficients")
-        coefs[role] = coef
+    coefs, pieces = {}, {}
+    models = doc.get("models", {})
+    for role, entry in (models.items() if isinstance(models, dict) else []):
+        if not isinstance(entry, dict):
+            raise LatencyError(f"{path}: model {role!r} is not an object")
+        coefs[role] = _coef(path, role, entry.get("coef"))
+        if "pieces" in entry:
+            pieces[role] = _pieces(path, role, entry["pieces"])
     if "verifier" not in coefs:
         raise LatencyError(f"{path}: profile has no 'verifier' model")
-    return Profile(path=str(path), coefs=coefs)
+    return Profile(path=str(path), coefs=coefs, pieces=pieces)
 
 
 # ---- roofline -------------------------------------------------------------------------------

@@ -5,20 +5,20 @@
 Each role of a pair ("verifier" and each drafter, named by its model-config name) is built with
 its real weights where a local loader exists (SmolLM2-135M and its layer drafters), else from
 ``simulator/configs/models/NAME.json`` with random weights (``--random-weights``: latency
-depends on shapes, not values). A KV cache is pre-filled to the largest context once, then
-cropped to each context (descending); at each (new, context) point one warm-up call and
+depends on shapes, not values). A sweep pre-fills a KV cache to the largest context once, then
+crops it to each context (descending); at each (new, context) point one warm-up call and
 ``repeats`` timed calls of the role's *step* run, the cache cropped back after each (CUDA:
-synchronised around each call); the point is their median. A step is what the real decoder
-(validator/decoder.py) pays: ``verify_step`` for the verifier, ``draft_step`` for drafters
-and for the long (prefill / catch-up) points of every role.
+synchronised around each call). A point's time is the median of its calls over all sweeps. A
+step is what the real decoder (validator/decoder.py) pays: ``verify_step`` for the verifier,
+``draft_step`` for drafters and for the long (prefill / catch-up) points of every role.
 
-Fits (NNLS on relative residuals, so no coefficient is negative and a pass never gets cheaper
-with more tokens or context; every third point held out):
-  coef    t = a + b*new + c*context + d*new*context over the grid (new <= K+1): the form
-          simulator/latency.py prices with; "heldout", "fit_error", "prefill_check" (its error
-          on the long points, which it never sees) describe it.
-  pieces  the same form fitted separately for new = 1, 2..K+1 and the long points (PIECES_FORM):
-          on CPU one token runs matrix-vector kernels and skips the attention mask, so the cost
+Fits (NNLS on relative residuals: no negative coefficient, so a pass never gets cheaper with
+more tokens or context; every third point held out):
+  coef    t = a + b*new + c*context + d*new*context over the grid (new <= K+1), the form
+          simulator/latency.py prices with; "heldout", "fit_error" and "prefill_check" (its
+          error on the long points, which it never sees) describe it.
+  pieces  that form fitted separately for new = 1, 2..K+1 and the long points (PIECES_FORM): on
+          CPU one token runs matrix-vector kernels and skips the attention mask, so the cost
           jumps between new = 1 and 2; "pieces_heldout" gives its held-out errors.
 Other batch sizes (GPU) get their own fits under "by_batch"; the top level is the smallest.
 """
@@ -43,40 +43,37 @@ from simulator.errors import EntrospecError, LatencyError
 from simulator.latency import CONFIG_DIR, PROFILE_SCHEMA, linear_form, load_model_config
 
 FORM = "a + b*new + c*context + d*new*context"
+PIECES_FORM = ("piecewise in new: 'pieces' = [{'new': [lo, hi], 'coef': [a, b, c, d]}, ...] "
+               "(hi null = no bound); seconds = linear form with the piece holding new")
 DTYPES = ("float32", "float16", "bfloat16")
-PREFILL_CHUNK = 512  # tokens per prefill forward (bounds attention memory)
+PREFILL_CHUNK = 512  # tokens per pre-fill forward (bounds attention memory)
 DEFAULT_NEW = (1, 2, 3, 4, 6, 8, 12, 17)
 LONG_NEW = (32, 96, 256)  # prefill / catch-up lengths (fitted as their own piece only)
 LONG_CONTEXT = (0, 512, 2048)
 QUIET_CORES = 0.1  # other processes may keep at most this many cores busy during a point
 TOPK = 10  # k of the decoder's "topk" signal (validator.decoder default)
-PIECES_FORM = ("piecewise in new: 'pieces' = [{'new': [lo, hi], 'coef': [a, b, c, d]}, ...] "
-               "(hi null = no bound); seconds = linear form with the piece holding new")
 
 
 class CalibrationError(LatencyError):
     """Unknown pair or model config, no local weights, bad grid or device (one-line message)."""
 
 
-# ---- pairs and model configs ---------------------------------------------------------------
+# ---- pairs and models ----------------------------------------------------------------------
 
 def pair_roles(pair: str) -> dict[str, dict[str, Any]]:
     """Role -> model config for a pair in configs/pairs.json ("verifier", then drafter names)."""
     pairs = json.loads((CONFIG_DIR / "pairs.json").read_text())["pairs"]
     if pair not in pairs:
         raise CalibrationError(f"--pair {pair!r}: unknown; known: {', '.join(sorted(pairs))}")
-    entry = pairs[pair]
-    roles = {"verifier": load_model_config(entry["verifier"])}
-    for name in entry["drafters"]:
-        roles[name] = load_model_config(name)
-    return roles
+    names = {"verifier": pairs[pair]["verifier"], **{d: d for d in pairs[pair]["drafters"]}}
+    return {role: load_model_config(name) for role, name in names.items()}
 
 
 def hf_config(cfg: dict[str, Any]) -> Any:
     """A transformers config with the shapes of one of our model-config dicts."""
     from transformers import LlamaConfig, OPTConfig, Qwen2Config
 
-    arch = cfg.get("architecture", "llama")
+    arch, name = cfg.get("architecture", "llama"), cfg.get("name")
     common = dict(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
                   num_hidden_layers=cfg["num_hidden_layers"],
                   num_attention_heads=cfg["num_attention_heads"],
@@ -87,27 +84,17 @@ def hf_config(cfg: dict[str, Any]) -> Any:
         return OPTConfig(ffn_dim=cfg["intermediate_size"], word_embed_proj_dim=cfg["hidden_size"],
                          do_layer_norm_before=True, **common)
     if arch not in ("llama", "qwen2"):
-        raise CalibrationError(f"model {cfg.get('name')!r}: unknown architecture {arch!r} "
-                               "(llama, qwen2, opt)")
+        raise CalibrationError(f"model {name!r}: unknown architecture {arch!r} (llama, qwen2, opt)")
     rope = {"rope_type": "default", **(cfg.get("rope_scaling") or {}),
             "rope_theta": cfg.get("rope_theta", 10000.0)}
     kw = dict(intermediate_size=cfg["intermediate_size"], rope_parameters=rope,
               num_key_value_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
               rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), **common)
     try:
-        if arch == "qwen2":
-            return Qwen2Config(**kw)
-        return LlamaConfig(head_dim=cfg.get("head_dim"), **kw)
+        return Qwen2Config(**kw) if arch == "qwen2" else LlamaConfig(head_dim=cfg.get("head_dim"),
+                                                                     **kw)
     except Exception as exc:  # transformers' validators raise several unrelated types
-        raise CalibrationError(f"model {cfg.get('name')!r}: {str(exc).splitlines()[-1]}") from exc
-
-
-def _torch_dtype(dtype: str) -> Any:
-    import torch
-
-    if dtype not in DTYPES:
-        raise CalibrationError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+        raise CalibrationError(f"model {name!r}: {str(exc).splitlines()[-1]}") from exc
 
 
 def build_random(cfg: dict[str, Any], dtype: str, device: str) -> Any:
@@ -117,31 +104,28 @@ def build_random(cfg: dict[str, Any], dtype: str, device: str) -> Any:
 
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=_torch_dtype(dtype))
-    model.eval().requires_grad_(False)
-    return model
+        model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=getattr(torch, dtype))
+    return model.eval().requires_grad_(False)
 
 
 def build_real(roles: dict[str, dict[str, Any]], dtype: str, device: str) -> dict[str, Any]:
     """Role -> model with real weights: only SmolLM2-135M (and its layer drafters) load here."""
+    import torch
+
     verifier_name = roles["verifier"]["name"]
-    if verifier_name != "smollm2-135m":
-        raise CalibrationError(f"no local weights for {verifier_name!r}; pass --random-weights "
-                               "(latency depends on shapes, not weights)")
+    if verifier_name != "smollm2-135m" or any(c.get("drafter_of") != verifier_name
+                                              for r, c in roles.items() if r != "verifier"):
+        raise CalibrationError(f"no local weights for pair of {verifier_name!r}; pass "
+                               "--random-weights (latency depends on shapes, not weights)")
     from validator.drafter import build_drafter
     from validator.smollm2 import load_verifier
 
-    verifier, _ = load_verifier(dtype=_torch_dtype(dtype), device=device)
-    models = {"verifier": verifier}
-    for role, cfg in list(roles.items())[1:]:
-        if cfg.get("drafter_of") != verifier_name:
-            raise CalibrationError(f"drafter {role!r} is not a layer drafter of {verifier_name}; "
-                                   "pass --random-weights")
-        models[role] = build_drafter(verifier, int(cfg["num_hidden_layers"]))
-    return models
+    verifier, _ = load_verifier(dtype=getattr(torch, dtype), device=device)
+    return {role: verifier if role == "verifier" else
+            build_drafter(verifier, int(cfg["num_hidden_layers"])) for role, cfg in roles.items()}
 
 
-# ---- step functions and timing -------------------------------------------------------------
+# ---- steps and timing ----------------------------------------------------------------------
 
 def draft_step(model: Any, ids: Any, cache: Any) -> tuple[list[Any], list[int]]:
     """The decoder's drafter step (validator/decoder.py): a forward keeping the last position's
@@ -172,10 +156,6 @@ def verify_step(model: Any, ids: Any, cache: Any) -> tuple[int, int, float]:
     return a, tok, float(entropy(v[a]))
 
 
-def _crop(cache: Any, length: int) -> None:
-    cache.crop(length - cache.get_seq_length())  # crop(-k) drops the last k tokens
-
-
 def cpu_snapshot() -> tuple[float, float, float]:
     """(wall s, CPU-seconds all processes were busy, CPU-seconds this process used). The busy
     total is Linux /proc/stat (1/USER_HZ resolution); elsewhere the others' share reads 0."""
@@ -190,9 +170,8 @@ def cpu_snapshot() -> tuple[float, float, float]:
 def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
     """CPU cores other processes kept busy between two snapshots (on average), less the
     counter's resolution (2 ticks), so short windows do not read as contended."""
-    wall = max(after[0] - before[0], 1e-9)
-    others = (after[1] - before[1]) - (after[2] - before[2])
-    return max(0.0, others - 2 / os.sysconf("SC_CLK_TCK")) / wall
+    others = (after[1] - before[1]) - (after[2] - before[2]) - 2 / os.sysconf("SC_CLK_TCK")
+    return max(0.0, others) / max(after[0] - before[0], 1e-9)
 
 
 def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[str, Any],
@@ -201,13 +180,11 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
                 ) -> list[dict[str, Any]]:
     """Median seconds of ``steps[piece]`` at each (context, new, piece) of ``plan``.
 
-    A sweep pre-fills a cache to the largest context, then crops it to each context in
-    descending order; every timed call is cropped back (module docstring). ``sweeps`` sweeps
-    give each point ``sweeps * repeats`` calls, its median "median_s", and "spread" =
-    (max - min) / median of the per-sweep medians: the run-to-run noise no form can fit. A
-    (point, sweep) measured while other processes kept more than ``quiet`` cores busy is
-    measured again after a pause (at most ``tries`` attempts; the least disturbed one is kept,
-    the worst kept "others_cores" recorded): contention inflates eager CPU timings many-fold.
+    ``sweeps`` sweeps (module docstring) give each point ``sweeps * repeats`` calls, their
+    median "median_s", and "spread" = (max - min) / median of the per-sweep medians: noise no
+    form can fit. A (point, sweep) measured while other processes kept more than ``quiet``
+    cores busy is measured again after a pause (at most ``tries`` attempts; the least disturbed
+    is kept; "others_cores" is the worst kept): contention inflates eager CPU timings many-fold.
     """
     import torch
     from transformers import DynamicCache
@@ -226,7 +203,7 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
             fn(model, ids, cache)
             sync()
             times.append(time.perf_counter() - t0)
-            _crop(cache, context)
+            cache.crop(context - cache.get_seq_length())  # crop(-k) drops the last k tokens
         return times[1:]
 
     runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {pt: [] for pt in order}
@@ -238,11 +215,10 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
                 model(input_ids=ids[:, s:s + PREFILL_CHUNK].to(device), past_key_values=cache,
                       use_cache=True, logits_to_keep=1)
             for context, new, piece in order:
-                _crop(cache, context)
+                cache.crop(context - cache.get_seq_length())
                 best: dict[str, Any] = {}
                 for k in range(tries):
-                    if k:
-                        time.sleep(min(0.5 * k, 2.0))
+                    time.sleep(min(0.5 * k, 2.0))
                     before = cpu_snapshot()
                     times = attempt(cache, new, context, steps[piece])
                     others = others_cores(before, cpu_snapshot())
@@ -278,25 +254,8 @@ def fit_linear(new: np.ndarray, context: np.ndarray, seconds: np.ndarray) -> np.
     design = np.column_stack([np.ones_like(n), n, c, n * c])
     if np.ptp(n) == 0:
         design[:, [1, 3]] = 0.0
-    scale = design.max(axis=0)
-    scale[scale == 0] = 1.0
-    coef, _ = nnls(design / scale / t[:, None], np.ones_like(t))
-    return coef / scale
-
-
-def rel_errors(pred: np.ndarray, pts: list[dict[str, Any]]) -> dict[str, float | int]:
-    """Median and max |pred - measured| / measured over ``pts``."""
-    if not pts:
-        return {"points": 0}
-    t = np.array([p["median_s"] for p in pts])
-    err = np.abs(np.asarray(pred) - t) / t
-    return {"points": len(pts), "median_rel_err": float(np.median(err)),
-            "max_rel_err": float(err.max())}
-
-
-def _cols(pts: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return tuple(np.array([p[k] for p in pts], dtype=np.float64)  # type: ignore[return-value]
-                 for k in ("new", "context", "median_s"))
+    scale = np.where(design.max(axis=0) > 0, design.max(axis=0), 1.0)
+    return nnls(design / scale / t[:, None], np.ones_like(t))[0] / scale
 
 
 def piecewise_seconds(pieces: list[dict[str, Any]], new: np.ndarray,
@@ -306,60 +265,64 @@ def piecewise_seconds(pieces: list[dict[str, Any]], new: np.ndarray,
     out = np.full(np.broadcast(n, np.asarray(context)).shape, np.nan)
     for pc in pieces:
         lo, hi = pc["new"]
-        mask = (n >= lo) & (n <= (np.inf if hi is None else hi))
-        out = np.where(mask, linear_form(np.asarray(pc["coef"]), n, context), out)
+        inside = (n >= lo) & (n <= (np.inf if hi is None else hi))
+        out = np.where(inside, linear_form(np.asarray(pc["coef"]), n, context), out)
     return out
 
 
 def fit_points(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fit one role's points: every third of the grid and of the long points held out.
+    """Fit one role's points (every third grid and every third long point held out): the linear
+    form over the grid ("coef") and the pieces new = 1, 2..max grid new, longer ("pieces")."""
+    def cols(pts: list[dict[str, Any]]) -> list[np.ndarray]:
+        return [np.array([p[k] for p in pts], dtype=np.float64)
+                for k in ("new", "context", "median_s")]
 
-    Returns the linear form over the grid ("coef", what simulator/latency.py prices with) and
-    the piecewise form ("pieces": new = 1, 2..max grid new, longer), with their errors.
-    """
-    grid = [p for p in points if p["piece"] != "long"]
-    long = [p for p in points if p["piece"] == "long"]
-    for group in (grid, long):
+    def errors(fn: Callable[..., np.ndarray], pts: list[dict[str, Any]]) -> dict[str, Any]:
+        if not pts:
+            return {"points": 0}
+        n, c, t = cols(pts)
+        err = np.abs(fn(n, c) - t) / t
+        return {"points": len(pts), "median_rel_err": float(np.median(err)),
+                "max_rel_err": float(err.max())}
+
+    parts = {k: [p for p in points if (p["piece"] == "long") == (k == "long")]
+             for k in ("grid", "long")}
+    for group in parts.values():
         for i, p in enumerate(group):
             p["heldout"] = i % 3 == 2
-    train = [p for p in points if not p["heldout"]]
-    held = [p for p in points if p["heldout"]]
-    coef = fit_linear(*_cols([p for p in train if p["piece"] != "long"]))
-    top = max(p["new"] for p in grid)
+    train = {k: [p for p in v if not p["heldout"]] for k, v in parts.items()}
+    held = {k: [p for p in v if p["heldout"]] for k, v in parts.items()}
+    coef = fit_linear(*cols(train["grid"]))
+    top = max(p["new"] for p in parts["grid"])
     pieces = []
     for lo, hi in ((1, 1), (2, top), (top + 1, None)):
-        inside = [p for p in train if p["new"] >= lo and (hi is None or p["new"] <= hi)]
+        inside = [p for p in train["grid"] + train["long"]
+                  if p["new"] >= lo and (hi is None or p["new"] <= hi)]
         if inside:
-            pieces.append({"new": [lo, hi], "coef": [float(x) for x in fit_linear(*_cols(inside))]})
-    lin = lambda pts: linear_form(coef, *_cols(pts)[:2])  # noqa: E731
-    pw = lambda pts: piecewise_seconds(pieces, *_cols(pts)[:2])  # noqa: E731
-    held_grid = [p for p in held if p["piece"] != "long"]
-    held_long = [p for p in held if p["piece"] == "long"]
-    train_grid = [p for p in train if p["piece"] != "long"]
-    return {"coef": [float(x) for x in coef],
-            "heldout": rel_errors(lin(held_grid), held_grid),
-            "fit_error": rel_errors(lin(train_grid), train_grid),
-            "prefill_check": rel_errors(lin(long), long),
-            "pieces": pieces,
-            "pieces_heldout": {"grid": rel_errors(pw(held_grid), held_grid),
-                               "long": rel_errors(pw(held_long), held_long)}}
+            pieces.append({"new": [lo, hi], "coef": [float(x) for x in fit_linear(*cols(inside))]})
+
+    def lin(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return linear_form(coef, n, c)
+
+    def pw(n: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return piecewise_seconds(pieces, n, c)
+
+    return {"coef": [float(x) for x in coef], "heldout": errors(lin, held["grid"]),
+            "fit_error": errors(lin, train["grid"]), "prefill_check": errors(lin, parts["long"]),
+            "pieces": pieces, "pieces_heldout": {k: errors(pw, v) for k, v in held.items()}}
 
 
 # ---- driver --------------------------------------------------------------------------------
 
-def default_contexts(max_context: int, limit: int) -> list[int]:
-    """16, 32, 64, ... doubling up to ``max_context``, clipped to ``limit`` (positions)."""
-    top = min(max_context, limit)
-    ctx = [c for c in (16 * 2 ** i for i in range(20)) if c <= top]
-    return ctx + ([top] if top not in ctx and top > 16 else [])
-
-
 def role_plan(cfg: dict[str, Any], news: Sequence[int], contexts: Sequence[int] | None,
               max_context: int, long_new: Sequence[int], long_context: Sequence[int]
               ) -> list[tuple[int, int, str]]:
-    """(context, new, piece) points of one model: the grid, then the long (prefill) points."""
+    """(context, new, piece) points of one model: the grid (contexts 16, 32, 64, ... up to
+    ``max_context`` by default, within the model's positions), then the long points."""
     limit = cfg.get("max_position_embeddings", 1 << 30) - 1
-    grid = sorted(set(contexts or default_contexts(max_context, limit - max(news))))
+    top = min(max_context, limit - max(news))
+    auto = [c for c in (16 * 2 ** i for i in range(20)) if c <= top]
+    grid = sorted(set(contexts or auto + ([top] if top not in auto and top > 16 else [])))
     plan = [(c, n, "grid") for c in grid for n in news if c + n <= limit]
     return plan + [(c, n, "long") for c in long_context for n in long_new if c + n <= limit]
 
@@ -370,19 +333,18 @@ def host_info(device: str) -> dict[str, Any]:
     import torch
     import transformers
 
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() \
-        else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
-               platform.processor() or platform.machine())
-    info: dict[str, Any] = {"device": device, "cpu": cpu, "logical_cpus": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads(), "os": platform.platform()}
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                if ln.startswith("model name")), platform.processor() or platform.machine())
+    hw: dict[str, Any] = {"device": device, "cpu": cpu, "logical_cpus": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads(), "os": platform.platform()}
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_GiB=round(props.total_memory / 2 ** 30, 1))
+        hw.update(gpu=props.name, gpu_memory_GiB=round(props.total_memory / 2 ** 30, 1))
     libs = {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__,
             "scipy": scipy.__version__}
-    return {"hardware": info, "libraries": libs}
+    return {"hardware": hw, "libraries": libs}
 
 
 def measure_host(threads: int = 2, repeats: int = 5) -> dict[str, float]:
@@ -391,13 +353,21 @@ def measure_host(threads: int = 2, repeats: int = 5) -> dict[str, float]:
     per-layer step overhead (s: draft_step of a tiny Llama, (9 layers - 1 layer) / 8)."""
     import torch
 
+    def best(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])
+
     torch.set_num_threads(threads)
     before = cpu_snapshot()
     src = np.ones(2 ** 27, dtype=np.float32)
     dst = np.empty_like(src)
-    bw = 2 * src.nbytes / _best(lambda: np.copyto(dst, src), repeats)
+    bw = 2 * src.nbytes / best(lambda: np.copyto(dst, src))
     mat = torch.randn(4096, 4096)
-    flops = 2 * 4096 ** 3 / _best(lambda: mat @ mat, repeats)
+    flops = 2 * 4096 ** 3 / best(lambda: mat @ mat)
     others = others_cores(before, cpu_snapshot())
     tiny = {"name": "tiny", "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
             "vocab_size": 128, "max_position_embeddings": 256}
@@ -411,15 +381,6 @@ def measure_host(threads: int = 2, repeats: int = 5) -> dict[str, float]:
             "overhead_s_per_layer": (step[9] - step[1]) / 8, "step_1_layer_s": step[1]}
 
 
-def _best(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:])
-
-
 def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
                     dtype: str = "float32", random_weights: bool = False,
                     out: str | Path | None = None, news: Sequence[int] | None = None,
@@ -430,16 +391,14 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
                     progress: bool = True, quiet: float = QUIET_CORES, sweeps: int = 1,
                     meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Time and fit every role of ``roles`` (role -> model config); write ``out`` if given.
-
-    ``quiet``: cores other processes may keep busy before a point is re-measured (time_points).
-    """
+    ``quiet`` and ``sweeps``: see time_points."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CalibrationError(f"--device {device}: torch sees no CUDA device")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CalibrationError(f"--device {device!r}: expected cpu or cuda[:N]")
-    _torch_dtype(dtype)
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise CalibrationError(f"--device {device!r}: expected cpu or cuda[:N] (CUDA available: "
+                               f"{torch.cuda.is_available()})")
+    if dtype not in DTYPES:
+        raise CalibrationError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     news = sorted(set(news or [n for n in DEFAULT_NEW if n <= max_new] + [max_new + 1]))
     if news[0] < 1 or min(repeats, sweeps, *batch_sizes) < 1 or max_context < 16:
         raise CalibrationError("grid: new, repeats, sweeps, batch >= 1; max context >= 16")
@@ -451,26 +410,22 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
         torch.set_num_threads(threads)
     plans = {r: role_plan(c, news, contexts, max_context, long_new, long_context)
              for r, c in roles.items()}
-    bar = _progress(sum(map(len, plans.values())) * len(batch_sizes) * sweeps) if progress \
-        else None
-    tick = (lambda: bar[0].advance(bar[1])) if bar else (lambda: None)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    models_out: dict[str, Any] = {}
+    bar = _progress(sum(map(len, plans.values())) * len(batch_sizes) * sweeps, progress)
+    started, models_out = time.strftime("%Y-%m-%dT%H:%M:%S%z"), {}
     try:
         real = None if random_weights else build_real(roles, dtype, device)
         for role, cfg in roles.items():
             model = real[role] if real else build_random(cfg, dtype, device)
             step = verify_step if role == "verifier" else draft_step
-            by_batch = {}
-            for b in sorted(batch_sizes):
-                pts = time_points(model, plans[role], {"grid": step, "long": draft_step}, b,
-                                  repeats, device, tick, quiet, sweeps)
-                by_batch[b] = {**fit_points(pts), "points": pts}
-            first = by_batch.pop(min(by_batch))
-            models_out[role] = {
-                "model": cfg["name"], "n_layers": cfg["num_hidden_layers"],
-                "weights": "random" if random_weights else "real", "step": step.__name__,
-                **first, "by_batch": {str(b): v for b, v in by_batch.items()}}
+            by_batch = {b: time_points(model, plans[role], {"grid": step, "long": draft_step},
+                                       b, repeats, device, bar, quiet, sweeps)
+                        for b in sorted(batch_sizes)}
+            fits = {b: {**fit_points(pts), "points": pts} for b, pts in by_batch.items()}
+            first = fits.pop(min(fits))
+            models_out[role] = {"model": cfg["name"], "n_layers": cfg["num_hidden_layers"],
+                                "weights": "random" if random_weights else "real",
+                                "step": step.__name__, **first,
+                                "by_batch": {str(b): v for b, v in fits.items()}}
             del model
             gc.collect()
             if device.startswith("cuda"):
@@ -478,8 +433,13 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
     except (ValueError, RuntimeError, OSError) as exc:  # bad config values, weights unavailable
         raise CalibrationError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     finally:
-        if bar:
-            bar[0].stop()
+        bar(stop=True)
+    pts = [p for m in models_out.values() for f in [m, *m["by_batch"].values()]
+           for p in f["points"]]
+    contention = {"quiet_cores": quiet, "max_others_cores": max(p["others_cores"] for p in pts),
+                  "extra_attempts": sum(p["tries"] for p in pts) - len(pts) * sweeps,
+                  "median_spread": statistics.median(p["spread"] for p in pts),
+                  "max_spread": max(p["spread"] for p in pts)}
     doc = {"schema": PROFILE_SCHEMA, **(meta or {}), "form": FORM, "pieces_form": PIECES_FORM,
            "fit": "non-negative least squares on relative residuals; every third grid point "
                   "and every third long point (plan order: context desc, new asc) held out",
@@ -489,44 +449,37 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
                     "long_new": list(long_new), "long_context": list(long_context),
                     "batch": sorted(batch_sizes), "repeats": repeats, "sweeps": sweeps,
                     "statistic": "median of sweeps x repeats calls, each after a warm-up call"},
-           "contention": {"quiet_cores": quiet, **_contention(models_out)},
-           "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "models": models_out}
+           "contention": contention, "started": started,
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": models_out}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 
 
-def _contention(models: dict[str, Any]) -> dict[str, Any]:
-    """How busy other processes kept the CPU during the kept attempts (see time_points)."""
-    pts = [p for m in models.values() for b in [m, *m["by_batch"].values()] for p in b["points"]]
-    others = [p["others_cores"] for p in pts]
-    spread = [p["spread"] for p in pts]
-    return {"max_others_cores": max(others), "median_others_cores": statistics.median(others),
-            "extra_attempts": sum(p["tries"] for p in pts) - len(pts) * len(pts[0][
-                "sweep_medians_s"]), "median_spread": statistics.median(spread),
-            "max_spread": max(spread)}
-
-
 def _check_out(path: Path) -> None:
     """Refuse to overwrite a file that is not a profile of our schema."""
-    if path.exists():
-        try:
-            schema = json.loads(path.read_text()).get("schema")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            schema = None
-        if schema != PROFILE_SCHEMA:
-            raise CalibrationError(f"--out {path}: exists and is not an {PROFILE_SCHEMA} "
-                                   f"profile (schema {schema!r}); refusing to overwrite")
+    try:
+        schema = json.loads(path.read_text()).get("schema") if path.exists() else PROFILE_SCHEMA
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        schema = None
+    if schema != PROFILE_SCHEMA:
+        raise CalibrationError(f"--out {path}: exists and is not an {PROFILE_SCHEMA} profile "
+                               f"(schema {schema!r}); refusing to overwrite")
 
 
-def _progress(total: int) -> tuple[Any, Any]:
+def _progress(total: int, show: bool) -> Callable[..., None]:
+    """A tick function advancing a progress bar (stderr) of ``total`` points; stop=True ends."""
+    if not show:
+        return lambda stop=False: None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    bar = Progress("calibrate", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar = Progress("calibrate", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True))
+    task = bar.add_task("points", total=total)
     bar.start()
-    return bar, bar.add_task("points", total=total)
+    return lambda stop=False: bar.stop() if stop else bar.advance(task)
 
 
 def calibrate(pair: str, device: str = "cpu", dtype: str = "float32",
@@ -534,7 +487,6 @@ def calibrate(pair: str, device: str = "cpu", dtype: str = "float32",
               max_context: int = 4096, batch_sizes: Sequence[int] = (1,), repeats: int = 5,
               threads: int | None = None, progress: bool = True, **grid: Any) -> dict[str, Any]:
     """Calibrate every role of ``pair`` (configs/pairs.json); write the profile to ``out``.
-
     ``grid``: news, contexts, long_new, long_context, quiet, sweeps (see calibrate_roles)."""
     meta = {"pair": pair, "random_weights": random_weights, "command": " ".join(sys.argv)}
     return calibrate_roles(pair_roles(pair), device=device, dtype=dtype,
@@ -549,37 +501,36 @@ app = typer.Typer(add_completion=False, help="Fit latency profiles from timed fo
 
 
 def _ints(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return None if text is None else [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise CalibrationError(f"expected a comma list of integers, got {text!r}") from None
 
 
+Opt = typer.Option
+
+
 @app.command("calibrate")
 def calibrate_cmd(
-    pair: Annotated[str, typer.Option(help="pair name in simulator/configs/pairs.json")],
-    out: Annotated[Path, typer.Option(help="profile JSON to write")],
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
-    random_weights: Annotated[bool, typer.Option(
-        "--random-weights", help="build each model from its config with random weights")] = False,
-    max_new: Annotated[int, typer.Option(help="K: new tokens go up to K+1")] = 16,
-    max_context: Annotated[int, typer.Option(help="largest context (tokens)")] = 4096,
-    new: Annotated[str | None, typer.Option(help="explicit new-token list, e.g. 1,2,4,17")] = None,
-    contexts: Annotated[str | None, typer.Option(help="explicit context list")] = None,
-    batch: Annotated[str, typer.Option(help="batch sizes, e.g. 1,4,16 (GPU)")] = "1",
-    long_new: Annotated[str, typer.Option(help="prefill/catch-up lengths ('' for none)")] =
-        ",".join(map(str, LONG_NEW)),
-    long_context: Annotated[str, typer.Option(help="their contexts")] =
-        ",".join(map(str, LONG_CONTEXT)),
-    repeats: Annotated[int, typer.Option(help="timed calls per point (median)")] = 5,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
-    sweeps: Annotated[int, typer.Option(help="passes over the whole grid (noise estimate)")] = 1,
-    quiet_cores: Annotated[float, typer.Option(
-        help="re-measure a point while other processes keep more cores busy")] = QUIET_CORES,
-    no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
+    pair: Annotated[str, Opt(help="pair name in simulator/configs/pairs.json")],
+    out: Annotated[Path, Opt(help="profile JSON to write")],
+    device: Annotated[str, Opt(help="cpu or cuda[:N]")] = "cpu",
+    dtype: Annotated[str, Opt(help="float32, float16 or bfloat16")] = "float32",
+    random_weights: Annotated[bool, Opt("--random-weights",
+                                        help="models from their configs, random weights")] = False,
+    max_new: Annotated[int, Opt(help="K: new tokens go up to K+1")] = 16,
+    max_context: Annotated[int, Opt(help="largest context (tokens)")] = 4096,
+    new: Annotated[str | None, Opt(help="explicit new-token list, e.g. 1,2,4,17")] = None,
+    contexts: Annotated[str | None, Opt(help="explicit context list")] = None,
+    batch: Annotated[str, Opt(help="batch sizes, e.g. 1,4,16 (GPU)")] = "1",
+    long_new: Annotated[str, Opt(help="prefill/catch-up lengths ('' for none)")] = "32,96,256",
+    long_context: Annotated[str, Opt(help="contexts of the long points")] = "0,512,2048",
+    repeats: Annotated[int, Opt(help="timed calls per point and sweep")] = 5,
+    sweeps: Annotated[int, Opt(help="passes over the whole grid (noise estimate)")] = 1,
+    threads: Annotated[int | None, Opt(help="torch CPU threads")] = None,
+    quiet_cores: Annotated[float, Opt(help="re-measure while others keep more cores busy")] =
+        QUIET_CORES,
+    no_progress: Annotated[bool, Opt("--no-progress")] = False,
 ) -> None:
     """Time each model of a pair over (new, context) and write a fitted latency profile."""
     try:

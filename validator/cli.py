@@ -1,7 +1,7 @@
 """The ``validate`` command: parse, call the library, print. Bad input: one line, exit 2.
 
-Subcommands: ``record`` (real models -> trace). The group callback is where ``validate --pair``
-(run and compare) and further subcommands (``calibrate``) attach.
+Subcommands: ``record`` (real models -> trace), ``calibrate`` (timed passes -> latency profile).
+The group callback is where ``validate --pair`` (run and compare) attaches.
 """
 
 from __future__ import annotations
@@ -160,6 +160,14 @@ def record(
                f"{res.tokens} tokens in {res.seconds:.1f} s = {res.tokens_per_second:.1f} "
                f"tokens/s ({stages})")
 
+
+def _attach_calibrate() -> None:
+    from .calibrate import calibrate_cmd
+
+    app.command("calibrate")(calibrate_cmd)
+
+
+_attach_calibrate()
 
 if __name__ == "__main__":
     app()

@@ -66,11 +66,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     log = Logger(Path(args.log) if args.log else None)
     model, tok = load_verifier()
     questions = dd.load_questions(Path(args.questions), args.limit)
+    gold = None
+    if args.answers == "gold":
+        gold = [dd.clean_gold(a) for a in dd.load_questions(Path(args.questions), args.limit,
+                                                            "answer")]
     log(f"data: {len(questions)} questions from {args.questions} -> {args.out}, "
-        f"batch {args.batch}, max_new_tokens {args.max_new_tokens}, top-{args.topk}, "
-        f"{args.threads} thread(s)")
+        f"{args.answers} answers, batch {args.batch}, max_new_tokens {args.max_new_tokens}, "
+        f"top-{args.topk}, {args.threads} thread(s)")
     n = dd.generate_shards(model, tok, questions, Path(args.out), args.batch,
-                           args.max_new_tokens, args.topk, log=log, source=str(args.questions))
+                           args.max_new_tokens, args.topk, log=log, source=str(args.questions),
+                           answers=gold)
     log(f"data: done, {n} new shard(s), {len(dd.list_shards(Path(args.out)))} in total")
     return 0
 
@@ -115,7 +120,7 @@ def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -
 
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("layers", "source_layers", "batch", "lr", "warmup", "steps", "weight_decay",
-            "temperature", "seed", "data", "val_shards", "loss_frac", "clip")
+            "temperature", "seed", "data", "val_shards", "loss_frac", "clip", "init")
     return {"loss": "KL(verifier top-k renormalised || drafter), answer tokens only",
             "optimizer": "AdamW, linear warmup then cosine to 0.1x",
             **{k: getattr(args, k) for k in keys}}
@@ -139,13 +144,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     for prm in params:
         prm.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    data_dir = Path(args.data)
-    all_shards = dd.list_shards(data_dir)
-    if len(all_shards) < args.val_shards + 1:
-        log(f"train: need at least {args.val_shards + 1} shards in {data_dir}, waiting")
-    while len(all_shards := dd.list_shards(data_dir)) < args.val_shards + args.min_shards:
+    data_dirs = [Path(d) for d in args.data]
+
+    def shards() -> list[Path]:
+        return [p for d in data_dirs for p in dd.list_shards(d)]
+
+    if len(shards()) < args.val_shards + args.min_shards:
+        log(f"train: waiting for {args.val_shards + args.min_shards} shards in "
+            f"{', '.join(map(str, data_dirs))}")
+    while len(shards()) < args.val_shards + args.min_shards:
         time.sleep(60)
-    val_names = [p.name for p in all_shards[:args.val_shards]]
+    val_names = [str(p) for p in dd.list_shards(data_dirs[0])[:args.val_shards]]
     pos = {"step": 0, "epoch": 0, "batch": 0, "epoch_shards": [], "best": -1.0, "history": []}
     ckpt = run / "ckpt.pt"
     if ckpt.exists():
@@ -157,9 +166,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         log(f"train: resumed {ckpt} at step {pos['step']} (epoch {pos['epoch']}, "
             f"batch {pos['batch']})")
     else:
+        if args.init:
+            from validator.drafter import load_drafter
+
+            init = load_drafter(Path(args.init), verifier)
+            drafter.load_state_dict({k: v.float() for k, v in init.state_dict().items()
+                                     if k.startswith(("model.layers.", "model.norm."))},
+                                    strict=False)
         log(f"train: new run {run}: {args.layers} layer(s) from verifier layers "
-            f"{drafter.source_layers}, {sum(p.numel() for p in params)} own params")
-    val = dd.load_examples([data_dir / n for n in val_names])
+            f"{drafter.source_layers}, {sum(p.numel() for p in params)} own params"
+            + (f", initialised from {args.init}" if args.init else ""))
+    val = dd.load_examples([Path(n) for n in val_names])
     cache: dict[str, list[dict[str, Any]]] = {}
     pad = tok.pad_token_id
     gen = torch.Generator()
@@ -180,7 +197,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         m = greedy_agreement(drafter, val, pad)
         drafter.train()
         res = {"step": pos["step"], "val_agreement": round(m["agreement"], 4),
-               "val_tokens": int(m["tokens"]), "val_set": f"{data_dir.name}:{','.join(val_names)}"}
+               "val_tokens": int(m["tokens"]),
+               "val_set": ",".join(str(Path(n).relative_to(RUNS)) if Path(n).is_relative_to(RUNS)
+                                   else n for n in val_names)}
         pos["history"].append(res)
         log(f"eval step {pos['step']}: held-out greedy agreement {m['agreement']:.4f} "
             f"on {int(m['tokens'])} tokens")
@@ -195,12 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     last_ckpt, t_log, acc = time.time(), time.time(), {"kl": 0.0, "agree": 0.0, "n": 0}
     while pos["step"] < args.steps:
         if pos["batch"] == 0 and not pos["epoch_shards"]:
-            pos["epoch_shards"] = [p.name for p in dd.list_shards(data_dir)
-                                   if p.name not in val_names]
+            pos["epoch_shards"] = [str(p) for p in shards() if str(p) not in val_names]
             log(f"epoch {pos['epoch']}: {len(pos['epoch_shards'])} training shards")
         for n in pos["epoch_shards"]:
             if n not in cache:
-                cache[n] = dd.load_examples([data_dir / n])
+                cache[n] = dd.load_examples([Path(n)])
         examples = [e for n in pos["epoch_shards"] for e in cache[n]]
         for batch in dd.iter_batches(examples, args.batch, args.seed + pos["epoch"],
                                      skip=pos["batch"]):
@@ -307,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--questions", default=str(dd.GSM8K_TRAIN))
     d.add_argument("--out", default=str(DEFAULT_DATA))
     d.add_argument("--limit", type=int, default=None, help="first N questions only")
+    d.add_argument("--answers", choices=("own", "gold"), default="own",
+                   help="own: the verifier's greedy answers (generated); gold: the dataset's "
+                        "reference answers, teacher-forced (one forward per batch)")
     d.add_argument("--batch", type=int, default=48)
     d.add_argument("--max-new-tokens", type=int, default=256)
     d.add_argument("--topk", type=int, default=64)
@@ -318,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int, required=True)
     t.add_argument("--source-layers", default=None, help="comma list of verifier layers")
     t.add_argument("--run", required=True, help="run folder (ckpt.pt, train.log, best/, final/)")
-    t.add_argument("--data", default=str(DEFAULT_DATA))
+    t.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA)],
+                   help="shard folders (own answers first: its first shards are held out)")
     t.add_argument("--val-shards", type=int, default=1, help="first N shards held out")
+    t.add_argument("--init", default=None, help="start from a saved drafter folder")
     t.add_argument("--min-shards", type=int, default=4, help="training shards to wait for")
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=5e-4)

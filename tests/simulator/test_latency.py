@@ -49,3 +49,32 @@ def test_roofline_is_memory_bound_at_small_batch():
     assert lat.seconds("d", 1, 512) < one / 4  # 0.5B vs 7B: launch overhead dominates
     assert lat.seconds("verifier", 1, 4096) > one  # KV cache reads grow with context
     assert "roofline:H100" in lat.source
+
+def test_profile_pieces_price_by_new_tokens(tmp_path):
+    pieces = [{"new": [1, 1], "coef": [1.0, 0, 0, 0]},
+              {"new": [2, 5], "coef": [2.0, 0.1, 0, 0]},
+              {"new": [6, None], "coef": [3.0, 0, 1e-3, 0]}]
+    doc = {"schema": PROFILE_SCHEMA,
+           "models": {"verifier": {"coef": [9.0, 0, 0, 0], "pieces": pieces}}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(doc))
+    lat = load_profile(str(path))
+    got = lat.seconds("verifier", np.array([1, 2, 5, 6, 300]), np.array([0, 0, 0, 10, 10]))
+    assert got.tolist() == pytest.approx([1.0, 2.2, 2.5, 3.01, 3.01])
+    assert lat.source.endswith("(piecewise in new)")
+
+
+@pytest.mark.parametrize("pieces", [
+    [{"new": [2, None], "coef": [1, 0, 0, 0]}],                     # does not start at 1
+    [{"new": [1, 3], "coef": [1, 0, 0, 0]}],                        # bounded last piece
+    [{"new": [1, 3], "coef": [1, 0, 0, 0]}, {"new": [5, None], "coef": [1, 0, 0, 0]}],  # gap
+    [{"new": [1, None], "coef": [1, 0, 0]}],                        # three coefficients
+    "all",
+])
+def test_bad_profile_pieces_are_one_line_errors(tmp_path, pieces):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema": PROFILE_SCHEMA, "models": {
+        "verifier": {"coef": [1.0, 0, 0, 0], "pieces": pieces}}}))
+    with pytest.raises(LatencyError, match="'verifier'") as err:
+        load_profile(str(path))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)

@@ -128,6 +128,12 @@ def test_unknown_pair_is_a_one_line_error_exit_2(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["--pair", "no-such-pair", "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2
     assert "no-such-pair" in res.output and len(res.output.strip().splitlines()) == 1
+    from validator.cli import app as validate_app  # the same command as `validate calibrate`
+
+    res = CliRunner().invoke(validate_app, ["calibrate", "--pair", "no-such-pair", "--out",
+                                            str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "no-such-pair" in res.output
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_refuses_to_overwrite_a_file_of_another_schema(tmp_path: Path) -> None:

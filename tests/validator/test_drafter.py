@@ -147,3 +147,41 @@ def test_lr_schedule() -> None:
     assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
     assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
     assert lr_at(55, 1.0, 10, 100) == pytest.approx(0.55)
+
+
+class _CharTok:
+    """A tokenizer stand-in: one id per character (ids 3..), a chat template, <|im_end|> = 2."""
+
+    pad_token_id = PAD
+
+    def apply_chat_template(self, msgs: list, add_generation_prompt: bool,
+                            tokenize: bool) -> str:
+        return f"U:{msgs[0]['content']}\nA:"
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> object:
+        return type("Enc", (), {"input_ids": [3 + ord(c) % (VOCAB - 3) for c in text]})()
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        assert token == "<|im_end|>"
+        return 2
+
+
+def test_gold_answers_teacher_forced_match_one_sequence_forwards(
+        verifier: torch.nn.Module) -> None:
+    """Batched, padded teacher forcing gives each sequence's own unpadded top-k logits."""
+    from validator.distill_data import clean_gold, teacher_forced_batch
+
+    assert clean_gold("48/2 = <<48/2=24>>24 clips\n#### 72") == "48/2 = 24 clips\n#### 72"
+    tok = _CharTok()
+    qs, ans = ["short q", "a much longer question here"], ["12", "the answer is 7"]
+    ex = teacher_forced_batch(verifier, tok, [0, 1], qs, ans, TOPK)
+    for e, q, a in zip(ex, qs, ans, strict=True):
+        prompt = tok(tok.apply_chat_template([{"content": q}], True, False)).input_ids
+        assert e["ids"].tolist() == prompt + tok(a).input_ids + [2]
+        assert e["answer_start"] == len(prompt) and e["finished"]
+        with torch.no_grad():
+            lg = verifier(e["ids"].long()[None]).logits[0, len(prompt) - 1:-1]
+        v, idx = lg.topk(TOPK, -1)
+        assert e["topk_idx"].shape == (len(a) + 1, TOPK)
+        assert torch.equal(e["topk_idx"][:, 0], idx[:, 0].to(torch.int32))
+        torch.testing.assert_close(e["topk_logit"].float(), v, atol=2e-2, rtol=1e-2)
