@@ -96,6 +96,13 @@ RULE_NAMES = tuple(RULES)
 META_REQUIRED = ("schema_version", "verifier", "drafters", "dataset", "decoding", "k_max",
                  "hardware", "recorded", "synthetic")
 
+# Optional metadata keys the simulator reads: name -> (JSON type, meaning).
+META_OPTIONAL: dict[str, tuple[str, str]] = {
+    "max_new_tokens": ("int", "the decoder's token budget per prompt; a prompt with fewer "
+                              "rows ended with EOS (its last row holds it). Absent: each "
+                              "prompt's budget is its own length (synthetic traces)"),
+}
+
 
 @dataclass(frozen=True, eq=False)
 class Trace:
@@ -137,6 +144,16 @@ class Trace:
     def lengths(self) -> np.ndarray:
         """(P,) tokens generated per prompt."""
         return np.diff(self.offsets)
+
+    @functools.cached_property
+    def budget(self) -> np.ndarray:
+        """(P,) int64 token budget per prompt: metadata max_new_tokens, else the prompt's length.
+
+        A prompt whose length is below its budget ended with EOS, held by its last row.
+        """
+        if "max_new_tokens" in self.meta:
+            return np.full(self.n_prompts, int(self.meta["max_new_tokens"]), dtype=np.int64)
+        return self.lengths.astype(np.int64)
 
     def require(self, what: str, names: tuple[str, ...]) -> None:
         """Raise TraceError unless every signal / rule in ``names`` is present."""
@@ -268,6 +285,14 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         raise _fail(p, "drafters do not all cover the same (prompt_id, position) rows")
     p0, pos0 = blk_p[0], blk_pos[0]
     counts = np.bincount(p0, minlength=len(prompt_ids))
+    if "max_new_tokens" in meta:
+        budget = meta["max_new_tokens"]
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise _fail(p, f"metadata max_new_tokens={budget!r} is not an integer")
+        if budget < counts.max():
+            longest = int(np.argmax(counts))
+            raise _fail(p, f"metadata max_new_tokens={budget} is smaller than prompt "
+                           f"{str(prompt_ids[longest])!r}'s length {counts[longest]}")
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     expected = np.arange(n) - np.repeat(offsets[:-1], counts)
     if not np.array_equal(pos0, expected):
@@ -388,9 +413,12 @@ def write_trace(path: str | os.PathLike[str], columns: Mapping[str, Any],
 
 
 def schema_markdown() -> str:
-    """The column table of the README, generated from the schema itself."""
+    """The column table of the README (and the optional metadata keys), from the schema itself."""
     lines = ["| column | type | required | meaning |", "| --- | --- | --- | --- |"]
     for req, table in ((True, REQUIRED), (False, OPTIONAL)):
         for name, (typ, doc) in table.items():
             lines.append(f"| `{name}` | {typ} | {'yes' if req else 'no'} | {doc} |")
+    lines += ["", "| metadata key | type | required | meaning |", "| --- | --- | --- | --- |"]
+    for name, (typ, doc) in META_OPTIONAL.items():
+        lines.append(f"| `{name}` | {typ} | no | {doc} |")
     return "\n".join(lines)

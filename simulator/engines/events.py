@@ -8,7 +8,9 @@ request's drafting overlaps another's verification. ``concurrency`` requests are
 once (closed loop: the next prompt starts when one finishes), prompts in trace order.
 
 Simulated time is integer nanoseconds. With one request in flight it reproduces the reference
-replay exactly; with more, each round's wall time includes its queueing.
+replay exactly; with more, each round's wall time includes its queueing. Rounds are decided as
+in the other engines (``all_starts`` / ``play_round``): budget caps, EOS stops and the free-run
+approximation of ``replay`` included.
 """
 
 from __future__ import annotations
@@ -104,4 +106,4 @@ def run_events(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 
         env.process(worker())
     env.run()
     log.sort(key=lambda row: (row[0], row[1]))  # prompt, start: the other engines' order
-    return Served(Rounds.from_rows(log), starts, ends, int(env.now))
+    return Served(Rounds.from_rows(log, trace.lengths), starts, ends, int(env.now))

@@ -6,6 +6,13 @@ and ``stop`` are called once on (starts, steps) matrices. A compiled walk then f
 start -> start + accepted + 1 through each prompt. Policies with state across rounds are played
 round by round (``play_round``: numpy over the steps of a round). Both paths price all rounds at
 once. Metrics equal the reference replay's exactly (tests/simulator/test_engines_agree.py).
+
+Caps come from each prompt's budget (``Trace.budget``), not its recorded length. A prompt shorter
+than its budget ended with EOS at its last row: steps past that row are never teacher-forced
+(they are marked rejected, so first_reject <= e + 1 for e the step at the last row), and a round
+with first_reject > e drafted the EOS and stops after it, i.e. its cap becomes min(cap, e + 1).
+The replay's one approximation (an EOS drafted inside a free-run is not seen, see ``replay``)
+is the reference's too.
 """
 
 from __future__ import annotations
@@ -113,18 +120,18 @@ def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMa
     n_pos = tr.n_positions
     rows = np.arange(n_pos)
     j = np.arange(k)
-    at = np.minimum(rows[:, None] + j, n_pos - 1)
+    at = np.minimum(rows[:, None] + j, rp.last_row[:, None])  # never the next prompt's rows
     dd = d[:, None]
     sig = {s: tr.signals[s][dd, at] for s in names}
     rules = np.zeros(at.shape, np.int64) if standard_only else \
         np.asarray(policy.rules(None, sig), dtype=np.int64)
     ok = rp.u[at] < rp.accept[rules, dd, at]
-    ok[at != rows[:, None] + j] = False  # past the trace's end
+    ok[at != rows[:, None] + j] = False  # past the prompt's last row: never reached
     first = np.where(ok.all(axis=1), k, np.argmin(ok, axis=1))
     f = j - first[:, None] - 1  # free-run index of step j, valid where f >= 0
     after = f >= 0
     if after.any():
-        src = np.minimum(rows + first, n_pos - 1)[:, None]
+        src = np.minimum(rows + first, rp.last_row)[:, None]
         fc = np.clip(f, 0, tr.k_max - 1)
         for s in names:
             fr = tr.freerun.get(s)
@@ -145,11 +152,11 @@ def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
     n_pos = tr.n_positions
     rows = np.arange(n_pos)
     if "context" not in rp.cache:
-        hi = np.repeat(tr.offsets[1:], tr.lengths)
+        position = rows - np.repeat(tr.offsets[:-1], tr.lengths)
         prev = np.concatenate([[np.nan], tr.verifier_entropy[:-1]])
         prev[tr.offsets[:-1]] = np.nan
         rp.cache["context"] = Context(
-            position=rows - np.repeat(tr.offsets[:-1], tr.lengths), remaining=hi - rows,
+            position=position, remaining=np.repeat(tr.budget, tr.lengths) - position,
             prev_verifier_entropy=prev, first_entropy=tr.signals["entropy"],
             run_length=run_lengths(rp, 0))
     full = rp.cache["context"]
@@ -157,16 +164,17 @@ def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
                   prev_verifier_entropy=full.prev_verifier_entropy,
                   first_entropy=full.first_entropy if policy.probes_all_drafters else None,
                   run_length=full.run_length if policy.oracle else None)
-    hi = full.remaining + rows
     plan = policy.plan(policy.initial_state(), ctx)
     d = np.ascontiguousarray(np.broadcast_to(np.asarray(plan.drafter, dtype=np.int64), (n_pos,)))
-    cap = np.clip(np.minimum(np.asarray(plan.cap, dtype=np.int64), hi - rows - 1), 0, None)
+    cap = np.clip(np.minimum(np.asarray(plan.cap, dtype=np.int64), full.remaining - 1), 0, None)
     k = int(cap.max(initial=0))
     if k == 0:
         s = walk(np.ones(n_pos, dtype=np.int64), tr.offsets)
         zero = np.zeros(s.size, dtype=np.int64)
         return s, d[s], zero, zero, zero, zero, np.zeros(s.size), None
     m = start_matrices(rp, policy, d, k)
+    eos = rp.last_row - rows  # the step drafting at the prompt's last row
+    cap = np.where(m.first_reject > eos, np.minimum(cap, eos + 1), cap)  # EOS drafted: stop
     stop = np.ascontiguousarray(policy.stop(None, m.sig), dtype=np.bool_)
     if not (m.relaxed or policy.lossy):  # only the visited rounds matter
         s, n, a, gap = walk_stops(stop, cap, m.first_reject, m.missing, tr.offsets)
@@ -239,7 +247,7 @@ def run_fast(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
                    drafter=d, drafted=n, accepted=a,
                    probe=np.full(s.size, policy.probes_all_drafters, dtype=np.int64),
                    deviating=dev, relaxed=rel, bias=bias, draft_ns=zeros,
-                   verify_ns=zeros, wall_ns=zeros)
+                   verify_ns=zeros, wall_ns=zeros, length=trace.lengths[rp.prompt_of[s]])
     else:
         rows = []
         for p in range(trace.n_prompts):
@@ -249,5 +257,5 @@ def run_fast(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
                 out, state = play_round(rp, policy, state, p, t)
                 rows.append((p, t, *out, 0, 0, 0))
                 t += out[2] + 1
-        r = Rounds.from_rows(rows)
+        r = Rounds.from_rows(rows, trace.lengths)
     return price_rounds(pricer, trace, r)

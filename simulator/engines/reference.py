@@ -3,6 +3,14 @@
 Slow on purpose: it is the executable specification the fast engine and the event engine are
 tested against, so it shares with them only the policy, the acceptance draws and the per-pass
 price. Every forward pass is priced as it happens.
+
+Like the real decoder, a round at position t of prompt p caps its drafts at B_p - t - 1 (B_p:
+``Trace.budget``, the recorded max_new_tokens), not at the end of the recorded output, and stops
+drafting after a drafted EOS: a prompt shorter than its budget ended with EOS at its last row,
+so a round whose drafts are all accepted up to that row stops there and emits no bonus token.
+Known approximation: the trace does not say whether the drafter drafts EOS inside a free-run (or
+as a rejected draft); the replay keeps drafting along the free-run where the real decoder stops,
+so only wasted draft steps can differ (accepted and emitted tokens are exact under greedy).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
 
     for p in range(trace.n_prompts):
         lo, hi = int(trace.offsets[p]), int(trace.offsets[p + 1])
+        budget = int(trace.budget[p])
         state = policy.initial_state()
         seen = [0] * n_models  # tokens in each model's KV cache (0 = verifier)
         length = int(trace.prompt_tokens[p])  # prompt + emitted tokens
@@ -42,13 +51,14 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
             run = 0
             while row + run < hi - 1 and rp.u[row + run] < rp.accept[0, 0, row + run]:
                 run += 1
-            ctx = Context(position=t, remaining=hi - row,
+            ctx = Context(position=t, remaining=budget - t,
                           prev_verifier_entropy=trace.verifier_entropy[row - 1] if t else np.nan,
                           first_entropy=trace.signals["entropy"][:, row]
                           if policy.probes_all_drafters else None,
                           run_length=run if policy.oracle else None)
             plan = policy.plan(state, ctx)
-            d, cap = int(plan.drafter), min(int(plan.cap), hi - row - 1)
+            d, cap = int(plan.drafter), min(int(plan.cap), budget - t - 1)
+            eos = hi - 1 - row  # the step drafting at the prompt's last row (EOS if L < B)
             draft_ns = 0
             if policy.probes_all_drafters:  # every drafter drafts step 0 at this position
                 for x in range(len(trace.drafters)):
@@ -76,6 +86,9 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
                 rules.append(rule)
                 if rejected_at < 0 and not rp.u[row + j] < rp.accept[rule, d, row + j]:
                     rejected_at = j
+                if rejected_at < 0 and j == eos:  # drafted the prompt's last token: EOS
+                    stopped = True
+                    break
                 if bool(np.asarray(policy.stop(state, sig))[-1]):
                     stopped = True
                     break
@@ -100,4 +113,4 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
                                                            for s, v in steps.items()}))
             t += a + 1
             length += a + 1
-    return Rounds.from_rows(rows_out)
+    return Rounds.from_rows(rows_out, trace.lengths)

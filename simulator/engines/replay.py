@@ -10,6 +10,17 @@ Signals at draft step j of a round starting at t: teacher-forced (the trace row 
 earlier draft of the round was accepted; after the first rejection at step i, the drafter is on
 its own continuation, and step j reads the free-run entry j-i-1 recorded at row t+i.
 
+Budget and EOS: prompt p may emit up to B_p tokens (``Trace.budget``: the recorded
+max_new_tokens, else its length L_p). A round at position t sees ``remaining = B_p - t`` and
+drafts at most ``min(plan.cap, B_p - t - 1)`` tokens, as the real decoder does. A prompt with
+L_p < B_p ended with EOS at its last row; a round that reaches the step drafting at that row
+(e = L_p - 1 - t) with every step 0..e accepted has drafted the EOS and stops there: drafted and
+accepted e + 1, emitted L_p - t (no bonus token after EOS). A round with a rejection at or
+before e goes on along the free-run as any other. Known approximation: the trace does not say
+whether the drafter drafts EOS inside a free-run or as a rejected draft; the real decoder stops
+drafting there, the replay does not, so only wasted (rejected) draft steps can differ; accepted
+and emitted tokens are exact under greedy decoding.
+
 Time: every forward pass is priced by the latency model and rounded to integer nanoseconds, so
 sums are exact and every engine's totals agree to the nanosecond whatever the summation order.
 """
@@ -32,7 +43,8 @@ ROUND_FIELDS = ("prompt", "start", "drafter", "drafted", "accepted", "probe", "d
 
 @dataclass
 class Rounds:
-    """The log of a run: one entry per round, as parallel arrays (see ROUND_FIELDS)."""
+    """The log of a run: one entry per round, as parallel arrays (see ROUND_FIELDS), plus
+    ``length``: the length L_p of the round's prompt's output (what ``emitted`` needs)."""
 
     prompt: np.ndarray
     start: np.ndarray
@@ -46,16 +58,21 @@ class Rounds:
     draft_ns: np.ndarray
     verify_ns: np.ndarray
     wall_ns: np.ndarray
+    length: np.ndarray
 
     @classmethod
-    def from_rows(cls, rows: list[tuple]) -> Rounds:
+    def from_rows(cls, rows: list[tuple], lengths: np.ndarray) -> Rounds:
+        """Rounds from tuples in ROUND_FIELDS order; ``lengths``: (P,) the trace's lengths."""
         cols = list(zip(*rows, strict=True)) if rows else [()] * len(ROUND_FIELDS)
         types = (np.int64,) * 6 + (np.int64, np.int64, np.float64) + (np.int64,) * 3
-        return cls(*(np.asarray(c, dtype=t) for c, t in zip(cols, types, strict=True)))
+        arrays = [np.asarray(c, dtype=t) for c, t in zip(cols, types, strict=True)]
+        return cls(*arrays, length=np.asarray(lengths, dtype=np.int64)[arrays[0]])
 
     @property
     def emitted(self) -> np.ndarray:
-        return self.accepted + 1
+        """Tokens each round emits: the accepted drafts plus one, except that nothing follows
+        the prompt's last token (an EOS drafted and accepted: no bonus token)."""
+        return np.minimum(self.accepted + 1, self.length - self.start)
 
 
 @dataclass
@@ -68,6 +85,7 @@ class Replay:
     accept: np.ndarray = field(init=False)  # (R, D, N) acceptance probability per rule
     bias: np.ndarray = field(init=False)  # (R, D, N) TV(pi, p) per rule
     prompt_of: np.ndarray = field(init=False)  # (N,) prompt index of each row
+    last_row: np.ndarray = field(init=False)  # (N,) the last row of each row's prompt
     cache: dict = field(init=False, default_factory=dict)  # the fast engine's shared matrices
 
     def __post_init__(self) -> None:
@@ -80,6 +98,7 @@ class Replay:
             if rule in tr.accept:
                 self.accept[i], self.bias[i] = tr.accept[rule], tr.bias[rule]
         self.prompt_of = np.repeat(np.arange(tr.n_prompts), tr.lengths)
+        self.last_row = np.repeat(tr.offsets[1:] - 1, tr.lengths)
 
     def check(self, policy: Policy) -> None:
         """Raise TraceError if the trace lacks what ``policy`` reads."""
@@ -108,7 +127,7 @@ class Replay:
         prev = tr.verifier_entropy[row - 1] if t > 0 else np.nan
         first = tr.signals["entropy"][:, row] if policy.probes_all_drafters else None
         run = self.run_length(0, row, hi - 1) if policy.oracle else None
-        return Context(position=t, remaining=hi - row, prev_verifier_entropy=prev,
+        return Context(position=t, remaining=int(tr.budget[p]) - t, prev_verifier_entropy=prev,
                        first_entropy=first, run_length=run)
 
 
@@ -128,17 +147,23 @@ def play_round(rp: Replay, policy: Policy, state: object, p: int, t: int
     row = lo + t
     plan = policy.plan(state, rp.context(policy, p, t))
     d = int(plan.drafter)
-    cap = min(int(plan.cap), hi - row - 1)
+    cap = min(int(plan.cap), int(tr.budget[p]) - t - 1)
     probe = policy.probes_all_drafters
     names = rp.signal_names(policy)
     if cap <= 0:
         out = (d, 0, 0, probe, 0, 0, 0.0)
         return out, policy.update(state, Outcome(d, 0, 0, {s: np.zeros(0) for s in names}))
-    rows = np.arange(row, row + cap)
+    eos = hi - 1 - row  # the step drafting at the prompt's last row
+    steps = np.arange(cap)
+    rows = np.minimum(row + steps, hi - 1)  # never the next prompt's rows
     sig = {s: tr.signals[s][d, rows].copy() for s in names}
     rules = np.asarray(policy.rules(state, sig), dtype=np.int64)
-    ok = rp.accepted(rules, np.full(cap, d), rows)
+    ok = rp.accepted(rules, np.full(cap, d), rows) & (steps <= eos)
     i = int(np.argmin(ok)) if not ok.all() else cap  # first rejected step
+    if i > eos:  # every step up to the last row accepted: the EOS is drafted, drafting stops
+        cap = eos + 1
+        rows, rules = rows[:cap], rules[:cap]
+        sig = {s: v[:cap] for s, v in sig.items()}
     if i < cap - 1:  # steps after the first rejection read the free-run recorded at row+i
         j = np.arange(i + 1, cap) - i - 1
         inside = j < tr.k_max
@@ -170,7 +195,7 @@ class Pricer:
     def __init__(self, latency: LatencyModel, trace: Trace) -> None:
         self.latency = latency
         self.models = ("verifier", *trace.drafters)
-        self.max_context = int(trace.prompt_tokens.max() + trace.lengths.max() + 2)
+        self.max_context = int(trace.prompt_tokens.max() + trace.budget.max() + 2)
         self.small: np.ndarray | None = None  # (models, SMALL+1, contexts) lazily
         self._baseline: np.ndarray | None = None
         ctx = np.arange(self.max_context + 1)

@@ -35,13 +35,15 @@ class Context:
     """What is known when a round starts. Fields may be scalars or arrays over round starts.
 
     position: index of the next token to emit (tokens).
-    remaining: tokens still to emit for this prompt, >= 1.
+    remaining: tokens the decoder may still emit for this prompt, >= 1: its budget
+        (max_new_tokens) minus ``position``; the output may end sooner with EOS.
     prev_verifier_entropy: nats, entropy of the verifier's distribution for the last emitted
         token; NaN at position 0 (nothing emitted yet).
     first_entropy: (D,) or (D, starts) nats, every drafter's entropy at this position (only
         filled for policies with ``probes_all_drafters``; they pay one step of each drafter).
-    run_length: tokens that WOULD be accepted from here (the oracle's knowledge); honest
-        policies must not read it.
+    run_length: tokens that WOULD be accepted from here, before the prompt's last row (the
+        oracle's knowledge: it never drafts the last token, EOS or not); honest policies must
+        not read it.
     """
 
     position: Any

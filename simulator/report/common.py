@@ -209,12 +209,20 @@ def _take(trace: Trace, idx: np.ndarray, offsets: np.ndarray, drafters: list[int
 
 
 def truncate(trace: Trace, max_new: int) -> Trace:
-    """The trace as if generation stopped after ``max_new`` tokens per prompt."""
+    """The trace as if generation stopped after ``max_new`` tokens per prompt.
+
+    A recorded budget (metadata max_new_tokens) becomes min(budget, ``max_new``): a prompt cut
+    here is cut by the budget, one shorter still ended with EOS.
+    """
     lengths = np.minimum(trace.lengths, max_new)
     pos = np.arange(trace.n_positions) - np.repeat(trace.offsets[:-1], trace.lengths)
     idx = np.flatnonzero(pos < max_new)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return _take(trace, idx, offsets, None, f"{trace.path}[:{max_new}]")
+    out = _take(trace, idx, offsets, None, f"{trace.path}[:{max_new}]")
+    if "max_new_tokens" in trace.meta:
+        budget = min(int(trace.meta["max_new_tokens"]), int(max_new))
+        out = dataclasses.replace(out, meta={**trace.meta, "max_new_tokens": budget})
+    return out
 
 
 def single_drafter(trace: Trace, d: int) -> Trace:

@@ -12,8 +12,13 @@ from simulator.trace import Trace, read_trace, write_trace
 
 
 def random_trace(path: Path, rng: np.random.Generator, lengths: list[int], n_drafters: int = 1,
-                 sampled: bool = False, k_max: int = 4, freerun_gaps: bool = False) -> Trace:
-    """A trace with random signals; greedy (0/1 acceptance) or sampled (fractional)."""
+                 sampled: bool = False, k_max: int = 4, freerun_gaps: bool = False,
+                 max_new_tokens: int | None = None) -> Trace:
+    """A trace with random signals; greedy (0/1 acceptance) or sampled (fractional).
+
+    max_new_tokens: recorded in the metadata when given (prompts shorter than it ended with
+    EOS at their last row); None: no such key, each prompt's budget is its length.
+    """
     n = sum(lengths)
     pid = np.concatenate([[f"p{i}"] * m for i, m in enumerate(lengths)])
     pos = np.concatenate([np.arange(m) for m in lengths]).astype(np.int32)
@@ -55,6 +60,8 @@ def random_trace(path: Path, rng: np.random.Generator, lengths: list[int], n_dra
             "drafters": [{"name": f"d{d}"} for d in range(n_drafters)],
             "dataset": "test", "decoding": "sampled" if sampled else "greedy", "k_max": k_max,
             "hardware": None, "recorded": "1970-01-01", "synthetic": True}
+    if max_new_tokens is not None:
+        meta["max_new_tokens"] = int(max_new_tokens)
     write_trace(path, cols, meta)
     return read_trace(path)
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.engines import simulate
+from simulator.engines import run_events, run_fast, run_reference, simulate
+from simulator.engines.replay import ROUND_FIELDS
 from simulator.errors import TraceError
 from simulator.latency import Const
 from simulator.policies import REGISTRY, make, names
@@ -17,6 +18,14 @@ from simulator.policies import REGISTRY, make, names
 from .conftest import random_trace
 
 ENGINES = ("reference", "fast", "events")
+
+# max_new_tokens in the metadata: None (budget = each prompt's length, as synthetic traces), or
+# the longest prompt plus this many tokens (every shorter prompt ended with EOS at its last row)
+BUDGETS = st.one_of(st.none(), st.integers(0, 6))
+
+
+def budget_of(lengths, extra):
+    return None if extra is None else max(lengths) + extra
 
 
 def results(trace, policy, latency, seed=0):
@@ -32,15 +41,26 @@ def results(trace, policy, latency, seed=0):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), lengths=st.lists(st.integers(1, 40), min_size=1, max_size=4),
        sampled=st.booleans(), k=st.integers(0, 5), theta=st.floats(0.1, 3.0),
-       name=st.sampled_from(["fixed", "stop_absolute", "oracle"]))
+       name=st.sampled_from(["fixed", "stop_absolute", "oracle"]), extra=BUDGETS)
 def test_engines_identical(tmp_path_factory, profile_latency, seed, lengths, sampled, k, theta,
-                           name):
+                           name, extra):
     rng = np.random.default_rng(seed)
     path = tmp_path_factory.mktemp("t") / "t.parquet"
-    trace = random_trace(path, rng, lengths, sampled=sampled, k_max=5)
+    trace = random_trace(path, rng, lengths, sampled=sampled, k_max=5,
+                         max_new_tokens=budget_of(lengths, extra))
     params = {"k": k} if name != "stop_absolute" else {"k": k, "theta": theta}
-    r = results(trace, make(name, params), profile_latency, seed=seed % 7)
+    policy = make(name, params)
+    r = results(trace, policy, profile_latency, seed=seed % 7)
     assert r["reference"] == r["fast"] == r["events"]
+    assert r["fast"]["tokens"] == sum(lengths)
+    rounds = [run_reference(trace, policy, profile_latency, seed % 7),
+              run_fast(trace, policy, profile_latency, seed % 7),
+              run_events(trace, policy, profile_latency, seed % 7).rounds]
+    for other in rounds[1:]:
+        for f in (*ROUND_FIELDS, "length"):
+            assert np.array_equal(getattr(rounds[0], f), getattr(other, f)), f
+    emitted = np.bincount(rounds[0].prompt, rounds[0].emitted, minlength=len(lengths))
+    assert emitted.tolist() == lengths  # every prompt emits its recorded output, EOS included
 
 
 def test_every_position_emitted_once(tmp_path, profile_latency):
@@ -78,15 +98,16 @@ def _outcome(trace, policy, latency, engine, seed):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), lengths=st.lists(st.integers(1, 30), min_size=1, max_size=3),
        sampled=st.booleans(), gaps=st.booleans(), k=st.integers(1, 6),
-       name=st.sampled_from([n for n in names() if n != "oracle"]))
+       name=st.sampled_from([n for n in names() if n != "oracle"]), extra=BUDGETS)
 def test_every_policy_agrees_on_random_traces(tmp_path_factory, profile_latency, seed, lengths,
-                                              sampled, gaps, k, name):
+                                              sampled, gaps, k, name, extra):
     """All registered policies (defaults, small cap) on random 3-drafter traces, with free-run
-    lists that may be shorter than k_max: the engines agree, errors included."""
+    lists that may be shorter than k_max and prompts that may end with EOS before the budget:
+    the engines agree, errors included."""
     rng = np.random.default_rng(seed)
     path = tmp_path_factory.mktemp("t") / "t.parquet"
     trace = random_trace(path, rng, lengths, n_drafters=3, sampled=sampled, k_max=4,
-                         freerun_gaps=gaps)
+                         freerun_gaps=gaps, max_new_tokens=budget_of(lengths, extra))
     fields = {f.name for f in dataclasses.fields(REGISTRY[name])}
     params = {key: k for key in ("k", "gamma_max", "max_run") if key in fields}
     if "k0" in fields:

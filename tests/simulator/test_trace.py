@@ -81,6 +81,9 @@ def test_row_order_does_not_matter(good, tmp_path):
     (dict(table_fn=lambda t: t.set_column(
         t.schema.get_field_index("accept_prob"), "accept_prob",
         pa.array(np.full(t.num_rows, 0.5, np.float32)))), "must equal 'draft_match'"),
+    (dict(meta_fn=lambda m: {**m, "max_new_tokens": 99}),
+     r"max_new_tokens=99 is smaller than prompt '.*'s length 100"),
+    (dict(meta_fn=lambda m: {**m, "max_new_tokens": "100"}), "max_new_tokens='100' is not an"),
 ])
 def test_bad_traces_are_refused(good, tmp_path, mutate, message):
     bad = rewrite(good, tmp_path / "bad.parquet", **mutate)
@@ -100,3 +103,12 @@ def test_not_parquet_and_missing(tmp_path):
     pq.write_table(pa.table({"x": [1]}), plain)
     with pytest.raises(TraceError, match="not an entrospec trace"):
         read_trace(plain)
+
+
+def test_budget_is_max_new_tokens_else_length(good, tmp_path):
+    assert read_trace(good).budget.tolist() == [100] * 5  # no max_new_tokens: the lengths
+    same = rewrite(good, tmp_path / "b100.parquet", meta_fn=lambda m: {**m, "max_new_tokens": 100})
+    more = rewrite(good, tmp_path / "b128.parquet", meta_fn=lambda m: {**m, "max_new_tokens": 128})
+    assert read_trace(same).budget.tolist() == [100] * 5
+    budget = read_trace(more).budget
+    assert budget.tolist() == [128] * 5 and budget.dtype == np.int64
