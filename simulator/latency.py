@@ -19,8 +19,10 @@ Profile format (``entrospec-profile/1``), JSON:
                           "pieces": [{"new": [lo, hi], "coef": [a, b, c, d]}, ...]}}}
 Roles are "verifier" and each drafter name as it appears in the trace. Where a role has
 "pieces" (optional; hi null = no bound; together they cover every new >= 1), a pass over ``new``
-tokens is priced by the linear form of the piece holding ``new``: on CPU one token runs
-matrix-vector kernels, so cost jumps between new = 1 and 2. Otherwise by "coef".
+tokens is priced by the linear form of the piece holding ``new`` (on CPU one token runs
+matrix-vector kernels, so cost jumps between new = 1 and 2), or by a piece of fewer tokens where
+that costs more (the running maximum: a pass never gets cheaper with more tokens, even where
+separately fitted pieces would say so). Otherwise by "coef".
 """
 
 from __future__ import annotations
@@ -97,8 +99,9 @@ class Profile:
             return linear_form(self.coefs[model], new, context)
         n = np.asarray(new)
         out = np.zeros(np.broadcast(n, np.asarray(context)).shape)
-        for lo, hi, coef in self.pieces[model]:
-            out = np.where((n >= lo) & (n <= hi), linear_form(coef, new, context), out)
+        for lo, hi, coef in self.pieces[model]:  # running max: never cheaper with more tokens
+            at = linear_form(coef, np.minimum(n, hi), context)
+            out = np.where(n >= lo, np.maximum(out, at), out)
         return out
 
 

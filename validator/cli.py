@@ -50,10 +50,102 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, invoke_without_comman
 
 
 @app.callback()
-def main(ctx: typer.Context) -> None:
-    """Real-model side of entrospec: `validate record ...` writes a trace."""
-    if ctx.invoked_subcommand is None:
+def main(
+    ctx: typer.Context,
+    pair: Annotated[str | None, typer.Option(help="run and compare: model pair to validate")]
+    = None,
+    dataset: Annotated[str, typer.Option(help="gsm8k | specbench | specbench:CATEGORY")]
+    = "gsm8k",
+    prompts: Annotated[int, typer.Option(help="first N prompts of the dataset")] = 4,
+    policy: Annotated[list[str] | None, typer.Option(
+        help="NAME or NAME:key=value,... (repeatable; default: --suite target)")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        help="name=value for every --policy (repeatable)")] = None,
+    suite: Annotated[str | None, typer.Option(
+        help="target: fixed k 1..8, three entropy stops, HF confidence")] = None,
+    profile: Annotated[Path | None, typer.Option(
+        help="latency profile (default profiles/PAIR-cpu|cuda.json, calibrated if absent)")]
+    = None,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per prompt, at most")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed of sampling draws")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default)")] = 0,
+    drafters_dir: Annotated[Path | None, typer.Option(help="folder of trained drafters")]
+    = None,
+    out: Annotated[Path | None, typer.Option(
+        help="report folder (default reports/validate-PAIR-DEVICE)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    timing_only: Annotated[bool, typer.Option(
+        "--timing-only", help="random weights of the pair's shapes; rounds forced from --trace "
+                              "(checks the cost model where the weights cannot be had)")] = False,
+    trace: Annotated[Path | None, typer.Option(help="--timing-only: trace to force from")]
+    = None,
+    progress: Annotated[bool, typer.Option(help="progress bars on stderr")] = True,
+) -> None:
+    """Real-model side of entrospec. `validate --pair NAME` runs policies for real and compares
+    with the simulator; `validate record ...` writes a trace; `validate calibrate ...` a
+    latency profile."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if pair is None:
         typer.echo(ctx.get_help())
+        return
+    import json
+
+    from simulator.cli import parse_params
+
+    from .validate import (
+        HEADER,
+        REPO,
+        ValidateError,
+        policy_specs,
+        table_rows,
+        validate_pair,
+        validate_timing_only,
+    )
+
+    specs = policy_specs(policy or [], parse_params(param or []), suite)
+    dev = _device(device)
+    dt = _dtype(dtype, dev)
+    kind = "timing-" if timing_only else ""
+    folder = out if out is not None else \
+        REPO / "reports" / f"validate-{kind}{pair}-{dev.split(':')[0]}"
+    log = (lambda m: typer.echo(m, err=True)) if json_out else typer.echo
+    command = shlex.join(["validate", *sys.argv[1:]])
+    if timing_only:
+        if trace is None:
+            raise ValidateError("--timing-only needs --trace (the trace whose rounds to force)")
+        if not trace.is_file():
+            raise ValidateError(f"--trace {trace}: no such file")
+        doc = validate_timing_only(pair, trace, prompts, specs, out=folder, profile=profile,
+                                   device=dev, dtype=str(dt).removeprefix("torch."),
+                                   threads=threads, seed=seed, command=command,
+                                   progress=progress, log=log)
+    else:
+        doc = validate_pair(pair, dataset, prompts, specs, out=folder, profile=profile,
+                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                            device=dev, dtype=dt, threads=threads, drafters_dir=drafters_dir,
+                            command=command, progress=progress, log=log)
+    if json_out:
+        typer.echo(json.dumps(doc, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"validate {pair} ({doc['pricing']})")
+    for h in HEADER:
+        table.add_column(h, justify="left" if h == "policy" else "right")
+    for row in table_rows(doc):
+        table.add_row(*row)
+    Console().print(table)
+    s = doc["summary"]
+    typer.echo(f"median |error| of tokens/s {s['median_abs_error_tokens_per_second']:.1%}, max "
+               f"{s['max_abs_error_tokens_per_second']:.1%} over {s['configurations']} "
+               "configurations" + (f"; greedy accepted counts equal: {s['greedy_counts_equal']}"
+                                   if "greedy_counts_equal" in s else ""))
+    typer.echo(f"report: {folder / 'report.md'}")
 
 
 def _device(name: str) -> str:

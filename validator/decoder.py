@@ -2,7 +2,8 @@
 
 It makes the decisions of ``simulator/engines/reference.py`` from live signals, with the very
 same ``Policy`` object: a round plans (drafter, cap), caps it at ``remaining - 1`` tokens, drafts
-one step at a time feeding the policy's ``stop`` and ``rules`` the round's signals so far, has
+one step at a time feeding the policy's ``stop`` and ``rules`` the round's signals so far (and
+stops after drafting an EOS token, after which nothing can be emitted), has
 the verifier check all n drafts in one forward pass, keeps the accepted prefix and emits one
 more token (the correction or the bonus). Every model keeps its own DynamicCache and a ``seen``
 count; a model that is behind feeds all its unseen tokens in one call (the prompt in the first
@@ -37,7 +38,7 @@ from simulator.trace import RULE_NAMES
 
 from .signals import SIGNAL_NAMES, acceptance, as_float, draft_signals, entropy, residual
 
-STOPS = ("policy", "cap", "end")  # why a round stopped drafting (see RoundLog.stop)
+STOPS = ("policy", "cap", "end", "eos")  # why a round stopped drafting (see RoundLog.stop)
 
 
 class Draws(Protocol):
@@ -100,7 +101,8 @@ class RoundLog:
     start: tokens emitted before the round. drafter: index into ``drafters``. cap: the most
     tokens it could draft, min(plan.cap, remaining - 1). drafted / accepted: tokens.
     emitted: tokens the round added to the output (accepted + 1, fewer if EOS cut it).
-    stop: "policy" (stop fired), "cap" (plan.cap reached), "end" (the max_new_tokens limit).
+    stop: "policy" (stop fired), "cap" (plan.cap reached), "end" (the max_new_tokens limit),
+    "eos" (the drafter drafted an end-of-sequence token: nothing after it can be emitted).
     eos: the round emitted EOS. rules: rule name per drafted token. signals: name -> value per
     draft step (all of SIGNAL_NAMES, nats / probability). probe_entropy: every drafter's
     Shannon entropy at ``start`` (nats) for probing policies, else None. seconds: wall clock.
@@ -185,7 +187,8 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
                          input_ids: torch.Tensor, policy: Policy, max_new_tokens: int,
                          temperature: float = 0.0, generator: torch.Generator | None = None,
                          eos_token_id: int | Sequence[int] | None = None, topk: int = 10,
-                         draws: Draws | None = None) -> DecodeResult:
+                         draws: Draws | None = None, max_rounds: int | None = None
+                         ) -> DecodeResult:
     """Generate up to ``max_new_tokens`` tokens after the 1-D prompt ``input_ids``.
 
     temperature: 0 is greedy (drafts are argmaxes, accepted iff the verifier agrees under the
@@ -193,7 +196,8 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
     rules (standard: the output has the verifier's law exactly). generator: randomness of
     sampling and of relaxed rules (None: torch's global generator). eos_token_id: stop after
     it (tokens after it in an accepted block are dropped). topk: k of the "topk" signal.
-    draws: replaces ``generator`` as the source of randomness (tests).
+    draws: replaces ``generator`` as the source of randomness (tests, timing-only replays).
+    max_rounds: stop after that many rounds (timing-only replays of simulated rounds).
     """
     _check(policy, drafters, temperature)
     device = next(verifier.parameters()).device
@@ -216,7 +220,8 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
     finish = "length"
     start_all = time.perf_counter()
     with torch.inference_mode():
-        while len(tokens) < max_new_tokens and finish == "length":
+        while len(tokens) < max_new_tokens and finish == "length" and \
+                (max_rounds is None or len(rounds) < max_rounds):
             t0 = time.perf_counter()
             remaining = max_new_tokens - len(tokens)
             probe: list[torch.Tensor] = []
@@ -243,6 +248,9 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
                     draws.categorical(torch.softmax(row, -1))
                 sig = {s: np.asarray(steps[s]) for s in names}
                 rules.append(int(np.asarray(policy.rules(state, sig))[-1]))
+                if int(seq[length + j]) in eos:  # nothing after a drafted EOS can be emitted
+                    stop = "eos"
+                    break
                 if bool(np.asarray(policy.stop(state, sig))[-1]):
                     stop = "policy"
                     break

@@ -78,3 +78,14 @@ def test_bad_profile_pieces_are_one_line_errors(tmp_path, pieces):
     with pytest.raises(LatencyError, match="'verifier'") as err:
         load_profile(str(path))
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_profile_pieces_never_price_more_tokens_cheaper(tmp_path):
+    """Noisy separate fits can put new = 2 below new = 1; pricing takes the running max."""
+    pieces = [{"new": [1, 1], "coef": [5.0, 0, 0, 0]},
+              {"new": [2, None], "coef": [2.0, 1.0, 0, 0]}]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema": PROFILE_SCHEMA, "models": {
+        "verifier": {"coef": [1.0, 0, 0, 0], "pieces": pieces}}}))
+    got = load_profile(str(path)).seconds("verifier", np.arange(1, 6), 0)
+    assert got.tolist() == [5.0, 5.0, 5.0, 6.0, 7.0]
