@@ -256,13 +256,18 @@ def schema() -> None:
 @user_errors
 def report(trace: Annotated[list[Path], typer.Option("--trace", help="trace file (repeatable)")],
            out_dir: Annotated[Path, typer.Option("--out", help="report folder: index.md, fig/")],
-           latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0) -> None:
-    """Write a Markdown report with PNG figures: the seeds' experiments on the traces."""
+           latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0,
+           validate: Annotated[list[Path] | None, typer.Option(
+               "--validate", help="validate.json of `validate --pair` (repeatable)")] = None
+           ) -> None:
+    """Write a Markdown report with PNG figures: the seeds' experiments on the traces, and
+    predicted vs measured from `validate` results."""
     from .report import build_report, report_command
     paths = [str(p) for p in trace]
+    checks = [str(v) for v in validate or []]
     lats = [latency_for(latency, read_meta(p), pair) for p in paths]
-    cmd = report_command(paths, str(out_dir), latency, DEFAULT_LATENCY, pair, seed)
-    out.print(f"wrote {build_report(paths, lats, out_dir, seed, cmd)}")
+    cmd = report_command(paths, str(out_dir), latency, DEFAULT_LATENCY, pair, seed, checks)
+    out.print(f"wrote {build_report(paths, lats, out_dir, seed, cmd, validations=checks)}")
 
 
 def main() -> None:  # pragma: no cover

@@ -20,9 +20,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from ..errors import EntrospecError
 from ..latency import LatencyModel
 from ..trace import read_trace
-from . import accuracy, hypotheses, rules, seed000, seed001, seed001_more, seed002, seed003, seed004
+from . import (
+    accuracy,
+    hypotheses,
+    rules,
+    seed000,
+    seed001,
+    seed001_more,
+    seed002,
+    seed003,
+    seed004,
+    validation,
+)
 from .common import MAX_K, Grids, TraceCtx, fmt
-from .figures import FIG_DIR, Figures, default_style, na, table
+from .figures import FIG_DIR, Figures, default_style, table
 from .stats import BOOT, BOOT_POSITIONS
 
 SECTIONS = (seed004, seed000, seed001, seed001_more, seed002, seed003, accuracy)
@@ -33,10 +44,11 @@ class ReportError(EntrospecError):
 
 
 def report_command(paths: Sequence[str], out: str, latency: str, default_latency: str,
-                   pair: str | None, seed: int) -> str:
+                   pair: str | None, seed: int, validations: Sequence[str] = ()) -> str:
     """The ``sim report`` command line that makes this report (options at their defaults
     left out)."""
-    parts = ["sim report", *(f"--trace {p}" for p in paths)]
+    parts = ["sim report", *(f"--trace {p}" for p in paths),
+             *(f"--validate {v}" for v in validations)]
     if latency != default_latency:
         parts.append(f"--latency {latency}")
     if pair:
@@ -47,12 +59,15 @@ def report_command(paths: Sequence[str], out: str, latency: str, default_latency
 
 
 def build_report(paths: Sequence[str], latencies: Sequence[LatencyModel], out: str | Path,
-                 seed: int = 0, command: str = "", progress: bool = True) -> Path:
+                 seed: int = 0, command: str = "", progress: bool = True,
+                 validations: Sequence[str] = ()) -> Path:
     """Write ``out/index.md`` and its figures from the traces at ``paths``, each priced by
-    its entry of ``latencies``. Returns the path of index.md."""
+    its entry of ``latencies``, and the ``validate`` results (validate.json files) given.
+    Returns the path of index.md."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out}: exists and is not a folder")
+    checked = [validation.load(v) for v in validations]
     traces = [read_trace(p) for p in paths]
     ctxs = [TraceCtx(t, lat, seed, label, MAX_K)
             for t, lat, label in zip(traces, latencies, _labels(paths), strict=True)]
@@ -79,7 +94,8 @@ def build_report(paths: Sequence[str], latencies: Sequence[LatencyModel], out: s
         prog.update(task, description="hypotheses")
         body += hypotheses.section(ctxs, Figures(out, "all"), grids)
         prog.advance(task)
-    text = "\n".join(header(ctxs, paths, grids, seed, command) + body + footer()) + "\n"
+    body += validation.section(checked, list(validations), Figures(out, "all"))
+    text = "\n".join(header(ctxs, paths, grids, seed, command) + body) + "\n"
     index = out / "index.md"
     _write_atomic(index, text)
     return index
@@ -153,13 +169,6 @@ def header(ctxs: list[TraceCtx], paths: Sequence[str], g: Grids, seed: int, comm
     out += table(["trace", "best fixed k", "best seed-000 entropy stop", "gain",
                   "best lossless rule", "oracle at the largest cap"], rows, "llllll")
     return out
-
-
-def footer() -> list[str]:
-    return ["## Validation against the real decoder", "",
-            *na("validation", "no `validate` results were given to this report; the "
-                "simulator's predictions here are not yet checked against a real speculative "
-                "decoder")]
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -117,6 +117,47 @@ def test_cli_bad_input_is_one_line(tmp_path):
     res = CliRunner().invoke(app, ["report", "--trace", str(tmp_path / "nope.parquet"),
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "no such file" in res.output
+    trace = tmp_path / "plain.parquet"
+    random_trace(trace, np.random.default_rng(0), [30, 20], n_drafters=1, k_max=4)
+    (tmp_path / "v.json").write_text('{"policies": {"fixed k=2": {"measured": {}}}}')
+    for bad, why in (("v.json", "not a validate.json"), ("missing.json", "no such file")):
+        res = CliRunner().invoke(app, ["report", "--trace", str(trace), "--validate",
+                                       str(tmp_path / bad), "--out", str(tmp_path / "r2")])
+        assert res.exit_code == 2 and why in res.output and bad in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
+
+
+def _entry(m_tps: float, p_tps: float, acc: float, tau: float) -> dict:
+    side = {"tokens_per_second": 0.0, "acceptance_rate": acc, "mean_accepted_tokens": tau}
+    return {"measured": {**side, "tokens_per_second": m_tps},
+            "predicted": {**side, "tokens_per_second": p_tps}}
+
+
+def test_validate_results_become_a_section_with_table_and_figure(tmp_path):
+    import json
+
+    trace = tmp_path / "plain.parquet"
+    random_trace(trace, np.random.default_rng(0), [30, 20], n_drafters=1, k_max=4)
+    doc = {"pair": "tiny", "device": "cpu", "prompts": 2, "dataset": "gsm8k",
+           "max_new_tokens": 64, "temperature": 0.0, "pricing": "profile:p.json",
+           "command": "validate --pair tiny",
+           "policies": {"verifier-only": _entry(10.0, 10.5, None, 1.0),
+                        "fixed k=2": _entry(20.0, 19.0, 0.5, 2.0)},
+           "summary": {"configurations": 2, "median_abs_error_tokens_per_second": 0.05,
+                       "max_abs_error_tokens_per_second": 0.05, "greedy_counts_equal": True}}
+    (tmp_path / "validate.json").write_text(json.dumps(doc))
+    res = CliRunner().invoke(app, ["report", "--trace", str(trace), "--validate",
+                                   str(tmp_path / "validate.json"), "--out", str(tmp_path / "r"),
+                                   "--latency", "const:draft=0.1,verify=1"])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "r" / "index.md").read_text()
+    assert "validation: not available" not in text
+    assert "| fixed k=2 | 20 | 19 | -5.0% |" in text
+    assert "| verifier-only | 10 | 10.5 | +5.0% |" in text
+    assert "greedy accepted-token counts equal between decoder and simulator: True" in text
+    assert f"--validate {tmp_path / 'validate.json'}" in text
+    assert (tmp_path / "r" / "fig" / "all-validate-0.png").is_file()
 
 
 # ---- statistics against closed forms ----------------------------------------------------------
