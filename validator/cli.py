@@ -97,7 +97,6 @@ def main(
     from simulator.cli import parse_params
 
     from .validate import (
-        HEADER,
         REPO,
         ValidateError,
         policy_specs,
@@ -134,11 +133,12 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"validate {pair} ({doc['pricing']})")
-    for h in HEADER:
+    table = Table(title=f"validate {pair}: measured / predicted ({doc['pricing']})")
+    for h in ("policy", "tok/s", "error", "acceptance", "tau", "speedup"):
         table.add_column(h, justify="left" if h == "policy" else "right")
-    for row in table_rows(doc):
-        table.add_row(*row)
+    for r in table_rows(doc):
+        table.add_row(r[0], f"{r[1]} / {r[2]}", r[3], f"{r[4]} / {r[5]}", f"{r[6]} / {r[7]}",
+                      f"{r[8]} / {r[9]}")
     Console().print(table)
     s = doc["summary"]
     typer.echo(f"median |error| of tokens/s {s['median_abs_error_tokens_per_second']:.1%}, max "

@@ -123,7 +123,8 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
             "temperature", "seed", "data", "val_shards", "loss_frac", "clip", "init")
     return {"loss": "KL(verifier top-k renormalised || drafter), answer tokens only",
             "optimizer": "AdamW, linear warmup then cosine to 0.1x",
-            **{k: getattr(args, k) for k in keys}}
+            "command": "python -m validator.distill " + " ".join(sys.argv[1:]),
+            **_relative({k: getattr(args, k) for k in keys})}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -297,6 +298,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relative(obj: Any) -> Any:
+    """``obj`` with every string path under the repository made relative to it."""
+    root = str(dd.REPO) + "/"
+    if isinstance(obj, str):
+        return obj.removeprefix(root)
+    if isinstance(obj, list):
+        return [_relative(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _relative(v) for k, v in obj.items()}
+    return obj
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Copy a trained drafter folder to ``drafters/<name>/`` (where validator.pairs looks)."""
     import shutil
@@ -307,9 +320,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     meta = read_meta(src)
     dest = Path(args.dest) / args.name
     dest.mkdir(parents=True, exist_ok=True)
-    for f in (WEIGHTS, META):
-        shutil.copyfile(src / f, dest / (f + ".tmp"))
-        (dest / (f + ".tmp")).replace(dest / f)
+    shutil.copyfile(src / WEIGHTS, dest / (WEIGHTS + ".tmp"))
+    (dest / (WEIGHTS + ".tmp")).replace(dest / WEIGHTS)
+    meta = _relative(meta)  # no machine-specific absolute paths in the shipped metadata
+    meta["published"] = {"from": str(_relative(str(src.resolve()))),
+                         "command": "python -m validator.distill " + " ".join(sys.argv[1:])}
+    (dest / (META + ".tmp")).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (dest / (META + ".tmp")).replace(dest / META)
     size = (dest / WEIGHTS).stat().st_size / 2**20
     print(f"{src} -> {dest} ({meta['n_layers']} layers, {size:.1f} MiB, "
           f"metrics {json.dumps(meta.get('metrics', {}), sort_keys=True)})")
