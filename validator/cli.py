@@ -208,8 +208,17 @@ def record(
     = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
     progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
+    partial: Annotated[bool, typer.Option(
+        "--partial", help="record nothing: write --out from the finished leading groups of "
+                          "its unfinished recording (parts kept; resuming replaces it)")] = False,
 ) -> None:
     """Record a trace: verifier output, teacher-forced drafters, free-runs (resumable)."""
+    if partial:
+        from .record import assemble_partial
+
+        n, groups = assemble_partial(out)
+        typer.echo(f"{out}: {n} prompts from {groups} finished groups (partial; parts kept)")
+        return
     from . import pairs
     from .datasets import gsm8k_correct, load_prompts, parse_spec
     from .record import RecordConfig

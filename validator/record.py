@@ -566,10 +566,42 @@ def record(models: Models, prompts: Sequence[Prompt], token_ids: Sequence[Sequen
             bar.update(task, advance=hi - lo,
                        tps=tokens[0] / max(time.perf_counter() - start, 1e-9))
     seconds = time.perf_counter() - start
-    big = pa.concat_tables([pq.read_table(parts / f"group-{g:05d}.parquet")
-                            .replace_schema_metadata(None) for g in range(n_groups)])
-    big = pa.concat_tables([big.filter(pc.equal(big["drafter"], d)) for d in models.drafters])
-    names = [c for c in (*REQUIRED, *OPTIONAL) if c in big.column_names]
-    write_parquet_atomic(build_table({c: big.column(c) for c in names}, full_meta), out)
+    assemble(parts, range(n_groups), list(models.drafters), full_meta, out)
     shutil.rmtree(parts)
     return RecordResult(out, len(prompts), recorded, tokens[0], seconds, clock)
+
+
+def assemble(parts: Path, groups: Sequence[int], drafters: Sequence[str],
+             meta: Mapping[str, Any], out: Path) -> None:
+    """Write the trace ``out`` from the given group files of ``parts`` (drafter-major rows)."""
+    big = pa.concat_tables([pq.read_table(parts / f"group-{g:05d}.parquet")
+                            .replace_schema_metadata(None) for g in groups])
+    big = pa.concat_tables([big.filter(pc.equal(big["drafter"], d)) for d in drafters])
+    names = [c for c in (*REQUIRED, *OPTIONAL) if c in big.column_names]
+    write_parquet_atomic(build_table({c: big.column(c) for c in names}, meta), out)
+
+
+def assemble_partial(out: str | Path) -> tuple[int, int]:
+    """Write ``out`` from the leading finished groups of an unfinished recording, keeping its
+    parts (the same record command still resumes and then replaces ``out`` with the whole
+    trace). Metadata says ``partial``. Returns (prompts written, groups written)."""
+    out = Path(out)
+    parts = parts_dir(out)
+    files = sorted(parts.glob("group-*.parquet")) if parts.is_dir() else []
+    done = {int(f.stem.split("-")[1]) for f in files}
+    lead = 0
+    while lead in done:
+        lead += 1
+    if lead == 0:
+        raise RecordError(f"{parts}: no finished leading group to assemble")
+    first = pq.read_schema(parts / "group-00000.parquet").metadata or {}
+    meta = json.loads(first[META_KEY])
+    meta.pop("group", None)
+    table = pa.concat_tables([pq.read_table(parts / f"group-{g:05d}.parquet", columns=[
+        "prompt_id"]) for g in range(lead)])
+    n = len(set(table.column("prompt_id").to_pylist()))
+    meta["partial"] = {"prompts": n, "groups": lead,
+                       "note": "leading groups of an unfinished recording; the same record "
+                               "command resumes it and replaces this file with the whole trace"}
+    assemble(parts, range(lead), [d["name"] for d in meta["drafters"]], meta, out)
+    return n, lead

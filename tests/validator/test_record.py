@@ -233,6 +233,33 @@ def test_kill_and_resume_equals_uninterrupted(models, prompts, traces, tmp_path,
     _same_rows(out, traces[temperature])
 
 
+def test_partial_trace_of_an_unfinished_recording_then_resume(models, prompts, traces,
+                                                                tmp_path):
+    from validator.record import assemble_partial
+
+    out = tmp_path / "p.parquet"
+
+    def die(g: int) -> None:
+        if g == 1:
+            raise KeyboardInterrupt("killed after group 1")
+
+    with pytest.raises(KeyboardInterrupt):
+        record(models, *prompts, _cfg(0.0), out, META, decode=decode, score=gsm8k_correct,
+               on_group_done=die)
+    assert assemble_partial(out) == (4, 2)  # batch 2: groups 0 and 1
+    part, whole = read_trace(out), read_trace(traces[0.0])
+    assert part.meta["partial"]["prompts"] == 4 and part.prompt_ids == whole.prompt_ids[:4]
+    n = int(part.offsets[-1])
+    assert np.array_equal(part.token_id, whole.token_id[:n])
+    assert np.array_equal(part.match, whole.match[:, :n])
+    assert parts_dir(out).is_dir()  # kept: the same command resumes
+    res = record(models, *prompts, _cfg(0.0), out, META, decode=decode, score=gsm8k_correct)
+    assert res.groups_done == 1 and not parts_dir(out).exists()
+    _same_rows(out, traces[0.0])
+    with pytest.raises(RecordError, match="no finished leading group"):
+        assemble_partial(tmp_path / "none.parquet")
+
+
 def test_sampling_does_not_depend_on_batch_composition(models, prompts, traces, tmp_path):
     out = tmp_path / "b3.parquet"
     record(models, *prompts, _cfg(0.9, batch=3), out, META, decode=decode, score=gsm8k_correct)
