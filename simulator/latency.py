@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,7 +58,7 @@ class Const:
     verify: float
     per_drafter: dict[str, float] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def source(self) -> str:
         extra = "".join(f",draft.{k}={v:g}" for k, v in sorted(self.per_drafter.items()))
         return f"const:draft={self.draft:g},verify={self.verify:g}{extra}"
@@ -87,7 +88,7 @@ class Profile:
     coefs: dict[str, np.ndarray]
     pieces: dict[str, list[Piece]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def source(self) -> str:
         return f"profile:{self.path}" + (" (piecewise in new)" if self.pieces else "")
 
@@ -201,7 +202,7 @@ class Roofline:
     configs: dict[str, dict[str, Any]]  # role -> model config
     bytes_per_param: float = 2.0
 
-    @property
+    @cached_property
     def source(self) -> str:
         models = ",".join(f"{r}={c['name']}" for r, c in sorted(self.configs.items()))
         return f"roofline:{self.hardware}({models})"

@@ -20,19 +20,47 @@ Definitions (units in the names):
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engines.replay import Rounds
-from .policies import Policy
-from .trace import Trace
+from .kernels import percentile_parts, tally
+
+if TYPE_CHECKING:
+    from .engines.replay import Rounds
+    from .policies import Policy
+    from .trace import Trace
+
+PERCENTILES = (50, 90, 99)
 
 
-def _pct(values_ms: np.ndarray) -> dict[str, float]:
-    if values_ms.size == 0:
-        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
-    q = np.percentile(values_ms, [50, 90, 99])
+@functools.lru_cache(maxsize=64)
+def _quantiles(q: tuple[float, ...]) -> np.ndarray:
+    """q / 100 as numpy's percentile computes it (float64), read-only."""
+    out = np.array([x / 100 for x in q], dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
+def repeated_percentiles(values: np.ndarray, counts: np.ndarray,
+                         q: tuple[float, ...] = PERCENTILES) -> np.ndarray:
+    """``np.percentile(np.repeat(values, counts), q)`` (method "linear"), bit for bit, without
+    building the repeated array: the two entries numpy interpolates between, for each q, are
+    selected by count (``kernels.percentile_parts``), then combined with numpy's ``_lerp``.
+    NaN where a counted value is NaN or nothing is counted (numpy raises on an empty array)."""
+    a, b, gamma = percentile_parts(np.ascontiguousarray(values, dtype=np.float64),
+                                   np.ascontiguousarray(counts, dtype=np.int64),
+                                   _quantiles(tuple(q))).tolist()
+    out = []
+    for lo, hi, t in zip(a, b, gamma, strict=True):
+        diff = hi - lo  # numpy's _lerp, in the same float64 operations
+        out.append(hi - diff * (1 - t) if t >= 0.5 else lo + diff * t)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _pct(values_ms: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    q = repeated_percentiles(values_ms, counts)
     return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])}
 
 
@@ -42,16 +70,20 @@ def drafter_calls(trace: Trace, r: Rounds) -> int:
     return int(r.drafted.sum() + np.sum(np.where(r.probe.astype(bool), probe_extra, 0)))
 
 
-def summarize(trace: Trace, policy: Policy, r: Rounds, baseline_ns: np.ndarray,
-              pricing: str, engine: str, seed: int) -> dict[str, Any]:
-    """The metrics dict of a run (see the module docstring for each key)."""
-    emitted = r.emitted
-    tokens = int(emitted.sum())
-    total_ns = int(r.wall_ns.sum())
+def summarize(trace: Trace, policy: Policy, r: Rounds | None, baseline_ns: np.ndarray,
+              pricing: str, engine: str, seed: int, tallies: tuple | None = None
+              ) -> dict[str, Any]:
+    """The metrics dict of a run (see the module docstring for each key). ``tallies``: what
+    ``kernels.tally`` gives on the round log ``r``, where the engine computed it already;
+    then ``r`` may be None for a trace with one drafter and a lossless policy."""
+    if tallies is None:
+        assert r is not None
+        tallies = tally(r.drafted, r.accepted, r.start, r.length, r.probe, r.wall_ns,
+                        r.draft_ns, len(trace.drafters))
+    sums, hist, emitted, per_token_ms = tallies
+    n_rounds = emitted.size
+    tokens, total_ns, drafted, accepted, draft_ns, n_drafter_calls = sums.tolist()
     base_ns = int(baseline_ns.sum())
-    drafted, accepted = int(r.drafted.sum()), int(r.accepted.sum())
-    per_token_ms = np.repeat(r.wall_ns / np.maximum(emitted, 1) / 1e6, emitted)
-    hist = np.bincount(r.drafted) if r.drafted.size else np.zeros(1, dtype=np.int64)
     out: dict[str, Any] = {
         "policy": policy.name,
         "params": policy.params(),
@@ -67,21 +99,23 @@ def summarize(trace: Trace, policy: Policy, r: Rounds, baseline_ns: np.ndarray,
         "baseline_tokens_per_second": tokens / (base_ns / 1e9) if base_ns else float("inf"),
         "speedup": base_ns / total_ns if total_ns else float("inf"),
         "acceptance_rate": accepted / drafted if drafted else None,
-        "mean_accepted_tokens": tokens / r.prompt.size if r.prompt.size else None,
-        "draft_length_hist": {str(i): int(c) for i, c in enumerate(hist) if c},
-        "latency_ms": _pct(per_token_ms),
-        "verifier_calls": int(r.prompt.size),
-        "drafter_calls": drafter_calls(trace, r),
+        "mean_accepted_tokens": tokens / n_rounds if n_rounds else None,
+        "draft_length_hist": {str(i): c for i, c in enumerate(hist.tolist()) if c},
+        "latency_ms": _pct(per_token_ms, emitted),
+        "verifier_calls": n_rounds,
+        "drafter_calls": n_drafter_calls,
         "drafted_tokens": drafted,
         "accepted_tokens": accepted,
         "wasted_draft_tokens": drafted - accepted,
-        "draft_time_share": float(r.draft_ns.sum() / total_ns) if total_ns else 0.0,
+        "draft_time_share": float(np.int64(draft_ns) / total_ns) if total_ns else 0.0,
     }
     if len(trace.drafters) > 1:
+        assert r is not None
         share = np.bincount(r.drafter[r.drafted > 0], minlength=len(trace.drafters))
         out["drafter_share"] = {name: float(c / max(share.sum(), 1))
                                 for name, c in zip(trace.drafters, share, strict=True)}
     if policy.lossy:
+        assert r is not None
         out["deviating_tokens"] = int(r.deviating.sum())
         out["relaxed_tokens"] = int(r.relaxed.sum())
         out["quality_bias"] = float(r.bias.sum())

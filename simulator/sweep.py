@@ -7,6 +7,7 @@ the scalar metrics of ``simulator.metrics``.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import os
@@ -79,9 +80,9 @@ class _Worker:
         policy = make(self.policy, params)
         out = simulate(trace, policy, self.latency, seed=self.seed, with_oracle=False,
                        replay=rp, pricer=pricer)
-        oracle = oracle_for(policy, trace)
-        key = (path, int(oracle.params()["k"]))
+        key = (path, int(getattr(policy, "k", trace.k_max)))  # the oracle's cap (oracle_for)
         if key not in self.oracle_cache:
+            oracle = oracle_for(policy, trace)
             rounds = run_fast(trace, oracle, self.latency, self.seed, replay=rp, pricer=pricer)
             self.oracle_cache[key] = float(pricer.baseline_ns(trace).sum() /
                                            rounds.wall_ns.sum())
@@ -109,7 +110,13 @@ def _init(paths: list[str], latency: LatencyModel, policy: str, seed: int) -> No
 
 def _chunk(jobs: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
     assert _STATE is not None
-    return [_STATE.evaluate(path, params) for path, params in jobs]
+    collect = gc.isenabled()
+    gc.disable()  # the rows are acyclic; cyclic collections would only walk the heap
+    try:
+        return [_STATE.evaluate(path, params) for path, params in jobs]
+    finally:
+        if collect:
+            gc.enable()
 
 
 def run_sweep(paths: Sequence[str], policy: str, grid: dict[str, list[str]],

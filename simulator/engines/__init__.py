@@ -16,7 +16,7 @@ from ..metrics import summarize
 from ..policies import Policy, make
 from ..trace import Trace
 from .events import PLACEMENTS, run_events
-from .fast import run_fast
+from .fast import run_fast, run_fast_tallied
 from .reference import run_reference
 from .replay import Pricer, Replay, Rounds
 
@@ -37,9 +37,11 @@ def simulate(trace: Trace, policy: Policy, latency: LatencyModel, engine: str = 
              pricer: Pricer | None = None) -> dict[str, Any]:
     """Metrics of ``policy`` on ``trace`` priced by ``latency`` (see simulator.metrics)."""
     pricer = pricer or Pricer(latency, trace)
-    served = None
+    served, tallies = None, None
     if engine == "fast":
-        rounds = run_fast(trace, policy, latency, seed, replay=replay, pricer=pricer)
+        rounds, tallies = run_fast_tallied(  # the metrics need no log where the tallies do
+            trace, policy, latency, seed, replay=replay, pricer=pricer,
+            keep=len(trace.drafters) > 1 or policy.lossy)
     elif engine == "reference":
         rounds = run_reference(trace, policy, latency, seed)
     elif engine == "events":
@@ -48,7 +50,7 @@ def simulate(trace: Trace, policy: Policy, latency: LatencyModel, engine: str = 
     else:
         raise ValueError(f"engine {engine!r} not in {ENGINES}")
     baseline = pricer.baseline_ns(trace)
-    out = summarize(trace, policy, rounds, baseline, latency.source, engine, seed)
+    out = summarize(trace, policy, rounds, baseline, latency.source, engine, seed, tallies)
     if served is not None and concurrency > 1:
         span = served.makespan_ns / 1e9
         req = (served.request_end_ns - served.request_start_ns) / 1e9

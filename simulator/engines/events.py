@@ -58,16 +58,16 @@ def run_events(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 
     solo = concurrency <= 1
     planned: dict[tuple[int, int], tuple] = {}
     if policy.memoryless:  # decisions do not depend on state: take them all at once
-        s, dd, nn, aa, dev, rel, bias, _ = all_starts(rp, policy)
+        st = all_starts(rp, policy)
         probe = policy.probes_all_drafters
-        prompt = rp.prompt_of[s]
-        keys = zip(prompt.tolist(), (s - trace.offsets[prompt]).tolist(), strict=True)
-        vals = zip(dd.tolist(), nn.tolist(), aa.tolist(), [probe] * s.size, dev.tolist(),
-                   rel.tolist(), bias.tolist(), strict=True)
+        keys = zip(st.prompt.tolist(), st.start.tolist(), strict=True)
+        vals = zip(st.drafter.tolist(), st.drafted.tolist(), st.accepted.tolist(),
+                   [probe] * st.rows.size, st.deviating.tolist(), st.relaxed.tolist(),
+                   st.bias.tolist(), strict=True)
         planned = dict(zip(keys, vals, strict=True))
-        if nn.any():
+        if st.drafted.any():
             from .fast import check_freerun
-            check_freerun(rp, policy, _, s, nn)
+            check_freerun(rp, policy, st.m, st.rows, st.drafted)
 
     def request(p: int) -> Generator[simpy.Event, object, None]:
         state = policy.initial_state()

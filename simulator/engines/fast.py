@@ -17,68 +17,18 @@ is the reference's too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels import clip_caps, locate, price_log, walk, walk_price
 from ..latency import LatencyModel
 from ..policies import Context, Policy
 from ..policies.base import VERIFIER_DECIDES
 from ..trace import Trace
 from .replay import Pricer, Replay, Rounds, freerun_error, play_round
-
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        return (lambda f: f) if not args or not callable(args[0]) else args[0]
-
-
-@njit(cache=True)
-def walk(advance: np.ndarray, offsets: np.ndarray) -> np.ndarray:  # pragma: no cover (jit)
-    """Rows where rounds start: from each prompt's first row, row += advance[row]."""
-    out = np.empty(offsets[-1], dtype=np.int64)
-    k = 0
-    for p in range(offsets.size - 1):
-        r = offsets[p]
-        while r < offsets[p + 1]:
-            out[k] = r
-            k += 1
-            r += advance[r]
-    return out[:k]
-
-
-@njit(cache=True)
-def walk_stops(stop: np.ndarray, cap: np.ndarray, first_reject: np.ndarray,
-               missing: np.ndarray, offsets: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:  # pragma: no cover
-    """Follow rounds through each prompt reading the (starts, steps) stop matrix.
-
-    Returns the start rows of the rounds, tokens drafted and drafts accepted in each, and
-    whether a drafted step lacked its free-run signal (``missing``).
-    """
-    gap = False
-    n_rows = offsets[-1]
-    starts = np.empty(n_rows, dtype=np.int64)
-    drafted = np.empty(n_rows, dtype=np.int64)
-    accepted = np.empty(n_rows, dtype=np.int64)
-    k = 0
-    for p in range(offsets.size - 1):
-        r = offsets[p]
-        while r < offsets[p + 1]:
-            c = cap[r]
-            n = c
-            for j in range(c):
-                if stop[r, j]:
-                    n = j + 1
-                    break
-            a = min(n, first_reject[r])
-            for j in range(n):
-                gap |= missing[r, j]
-            starts[k], drafted[k], accepted[k] = r, n, a
-            k += 1
-            r += a + 1
-    return starts[:k], drafted[:k], accepted[:k], gap
 
 
 def run_lengths(rp: Replay, d: int) -> np.ndarray:
@@ -98,13 +48,20 @@ class StartMatrices:
     at: np.ndarray  # (N, K) teacher-forced row of step j
     rules: np.ndarray  # (N, K) rule index of each step
     first_reject: np.ndarray  # (N,) first rejected step, K if none within K steps
-    sig: dict[str, np.ndarray]  # (N, K) signals, free-run substituted after first_reject
+    sig: dict[str, np.ndarray]  # (N, K) signals, free-run substituted after first_reject;
+    # Fortran order (steps-major), so that sig[:, :k] is contiguous
     missing: np.ndarray  # (N, >=K) bool, C-contiguous: a step's free-run signal is missing
     relaxed: bool  # some step uses a non-standard acceptance rule
+    first_missing: np.ndarray  # (N,) first step of ``missing``, its width if none
+    narrower: dict = field(default_factory=dict, compare=False, repr=False)  # k -> sliced
+    wider: StartMatrices | None = field(default=None, compare=False, repr=False)  # sliced from
+    key: object = field(default=None, compare=False, repr=False)  # in Replay.cache, if kept
 
 
-def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMatrices:
-    """Build (or fetch from ``rp``'s cache) the matrices of drafter choice ``d`` and cap ``k``.
+def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int,
+                   all_zero: bool = False) -> StartMatrices:
+    """Build (or fetch from ``rp``'s cache) the matrices of drafter choice ``d`` and cap ``k``
+    (``all_zero``: the caller knows ``d`` is all 0).
 
     Policies that only use the standard rule share one entry per (d, k, signals): a sweep pays
     for these gathers once, and per configuration only for its own stop rule.
@@ -112,11 +69,66 @@ def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMa
     tr = rp.trace
     names = rp.signal_names(policy)
     standard_only = policy.accept_rules() == ("standard",)
-    key = (names, d.tobytes() if d.any() else 0) if standard_only else None
-    if key is not None and key in rp.cache and rp.cache[key].at.shape[1] >= k:
-        m = rp.cache[key]  # computed for a larger cap: steps are prefix-causal, so slice
-        return StartMatrices(m.at[:, :k], m.rules[:, :k], np.minimum(m.first_reject, k),
-                             {s: v[:, :k] for s, v in m.sig.items()}, m.missing, m.relaxed)
+    if standard_only:
+        key = (names, 0 if all_zero or not np.count_nonzero(d) else d.tobytes())
+    else:
+        key = None
+    width = k
+    if key is not None and key in rp.cache:
+        m = rp.cache[key]
+        if m.at.shape[1] >= k:
+            return _narrow(m, k)
+        # grow geometrically: a sweep over k = 1, 2, ... builds log2(k) times, not k times
+        width = max(k, min(2 * m.at.shape[1], int(tr.budget.max())))
+    m = _build_start_matrices(rp, policy, d, width, names, standard_only, key)
+    if key is not None:
+        rp.cache[key] = m
+    return _narrow(m, k)
+
+
+def _narrow(m: StartMatrices, k: int) -> StartMatrices:
+    """``m`` for cap k <= its own: steps are prefix-causal, so its first k steps (cached)."""
+    if m.at.shape[1] == k:
+        return m
+    if k not in m.narrower:
+        m.narrower[k] = StartMatrices(
+            m.at[:, :k], m.rules[:, :k], np.minimum(m.first_reject, k),
+            {s: v[:, :k] for s, v in m.sig.items()}, m.missing, m.relaxed, m.first_missing,
+            wider=m)
+    return m.narrower[k]
+
+
+@functools.cache
+def _stop_owner(cls: type[Policy]) -> type[Policy] | None:
+    """The class defining ``cls.stop``, if it declares ``stop_params`` too (else None)."""
+    owner = next(c for c in cls.__mro__ if "stop" in c.__dict__)
+    ok = "stop_params" in owner.__dict__ and owner.__dict__["stop_params"] is not None
+    return owner if ok else None
+
+
+def stop_matrix(rp: Replay, policy: Policy, m: StartMatrices) -> np.ndarray:
+    """(N, k) bool: ``policy.stop`` on ``m``'s signals.
+
+    Where the policy declares the parameters its stop rule reads (``Policy.stop_params``), the
+    rule is evaluated on the widest cached matrices and kept: the next configuration with the
+    same values of those (a sweep's other caps) slices it (stop is prefix-causal).
+    """
+    owner = _stop_owner(type(policy))
+    widest = m.wider or m
+    if owner is None or rp.cache.get(widest.key) is not widest:  # not declared; not kept
+        return np.asarray(policy.stop(None, m.sig), dtype=np.bool_)
+    key = (owner, tuple(getattr(policy, name) for name in owner.stop_params))
+    kept = rp.cache.get("stop")
+    if kept is None or kept[0] is not widest or kept[1] != key:
+        kept = widest, key, np.asarray(policy.stop(None, widest.sig), dtype=np.bool_)
+        rp.cache["stop"] = kept
+    return kept[2][:, :m.at.shape[1]]
+
+
+def _build_start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int,
+                          names: tuple[str, ...], standard_only: bool,
+                          key: object) -> StartMatrices:
+    tr = rp.trace
     n_pos = tr.n_positions
     rows = np.arange(n_pos)
     j = np.arange(k)
@@ -138,20 +150,46 @@ def start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int) -> StartMa
             vals = fr[dd, src, fc] if fr is not None else np.full(f.shape, np.nan)
             sig[s] = np.where(after, np.where(f < tr.k_max, vals, np.nan), sig[s])
     missing = np.logical_or.reduce([np.isnan(v) for v in sig.values()])
-    out = StartMatrices(at, rules, first, sig, np.ascontiguousarray(missing),
-                        bool(rules.any()))
-    if key is not None:
-        rp.cache[key] = out
-    return out
+    # steps-major memory: the first k steps of every start (a narrower cap's slice) are then
+    # one contiguous block, which the policies' elementwise stop rules read fastest
+    sig = {s: np.asfortranarray(v) for s, v in sig.items()}
+    first_missing = np.where(missing.any(axis=1), np.argmax(missing, axis=1), k)
+    return StartMatrices(at, rules, first, sig, np.ascontiguousarray(missing),
+                         bool(rules.any()), first_missing, key=key)
 
 
-def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
-    """The rounds a memoryless policy plays: start rows, drafter, drafted, accepted,
-    deviating, relaxed, bias (one entry per round), and the matrices the policy saw."""
+class Starts(NamedTuple):
+    """The rounds a memoryless policy plays (one entry per round), and the matrices it saw."""
+
+    rows: np.ndarray  # start row
+    prompt: np.ndarray
+    start: np.ndarray  # position in the prompt
+    length: np.ndarray  # the prompt's length L_p
+    drafter: np.ndarray
+    drafted: np.ndarray
+    accepted: np.ndarray
+    deviating: np.ndarray
+    relaxed: np.ndarray
+    bias: np.ndarray
+    m: StartMatrices | None
+
+
+class Decisions(NamedTuple):
+    """A memoryless policy's decisions at every possible round start (row)."""
+
+    drafter: np.ndarray  # (N,)
+    cap: np.ndarray  # (N,) most tokens to draft, within the budget
+    k: int  # the largest cap
+    m: StartMatrices | None  # the (starts, k steps) matrices, None where k == 0
+    stop: np.ndarray | None  # (N, k) bool: the policy's stop after each step
+
+
+def decide(rp: Replay, policy: Policy) -> Decisions:
+    """Call the policy's ``plan`` and ``stop`` once over every possible round start."""
     tr = rp.trace
     n_pos = tr.n_positions
-    rows = np.arange(n_pos)
     if "context" not in rp.cache:
+        rows = np.arange(n_pos)
         position = rows - np.repeat(tr.offsets[:-1], tr.lengths)
         prev = np.concatenate([[np.nan], tr.verifier_entropy[:-1]])
         prev[tr.offsets[:-1]] = np.nan
@@ -165,26 +203,51 @@ def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
                   first_entropy=full.first_entropy if policy.probes_all_drafters else None,
                   run_length=full.run_length if policy.oracle else None)
     plan = policy.plan(policy.initial_state(), ctx)
-    d = np.ascontiguousarray(np.broadcast_to(np.asarray(plan.drafter, dtype=np.int64), (n_pos,)))
-    cap = np.clip(np.minimum(np.asarray(plan.cap, dtype=np.int64), full.remaining - 1), 0, None)
-    k = int(cap.max(initial=0))
+    d = np.asarray(plan.drafter, dtype=np.int64)
+    all_zero = d.ndim == 0 and int(d) == 0
+    if d.ndim == 0:  # one drafter for every start: a shared constant array
+        key = ("drafter", int(d))
+        if key not in rp.cache:
+            rp.cache[key] = np.full(n_pos, int(d), dtype=np.int64)
+        d = rp.cache[key]
+    else:
+        d = np.ascontiguousarray(np.broadcast_to(d, (n_pos,)))
+    cap = np.asarray(plan.cap, dtype=np.int64)
+    if cap.ndim == 0:
+        cap = cap.reshape(1)  # clip_caps reads a (1,) cap as every row's
+    elif cap.shape not in ((1,), (n_pos,)):
+        cap = np.broadcast_to(cap, (n_pos,))
+    cap, k = clip_caps(cap, full.remaining)
     if k == 0:
-        s = walk(np.ones(n_pos, dtype=np.int64), tr.offsets)
+        return Decisions(d, cap, 0, None, None)
+    m = start_matrices(rp, policy, d, k, all_zero)
+    return Decisions(d, cap, k, m, stop_matrix(rp, policy, m))
+
+
+def all_starts(rp: Replay, policy: Policy) -> Starts:
+    """The rounds a memoryless policy plays (see ``Starts``)."""
+    tr = rp.trace
+    d, cap, k, m, stop = decide(rp, policy)
+    if m is None:
+        s = walk(np.ones(tr.n_positions, dtype=np.int64), tr.offsets)
         zero = np.zeros(s.size, dtype=np.int64)
-        return s, d[s], zero, zero, zero, zero, np.zeros(s.size), None
-    m = start_matrices(rp, policy, d, k)
-    eos = rp.last_row - rows  # the step drafting at the prompt's last row
-    cap = np.where(m.first_reject > eos, np.minimum(cap, eos + 1), cap)  # EOS drafted: stop
-    stop = np.ascontiguousarray(policy.stop(None, m.sig), dtype=np.bool_)
+        return Starts(s, *locate(s, rp.prompt_of, tr.offsets), d[s], zero, zero, zero, zero,
+                      np.zeros(s.size), None)
     if not (m.relaxed or policy.lossy):  # only the visited rounds matter
-        s, n, a, gap = walk_stops(stop, cap, m.first_reject, m.missing, tr.offsets)
+        none = np.zeros((1, 1, 1), dtype=np.int64)  # no prices wanted: tables never read
+        cols, gap, *_ = walk_price(stop, cap, m.first_reject, m.first_missing, rp.eos, d,
+                                   tr.offsets, False, True, False, tr.prompt_tokens, none,
+                                   none[0], none[0], len(tr.drafters))
         if gap:
             raise freerun_error(tr, policy)
-        return s, d[s], n, a, np.zeros_like(s), np.zeros_like(s), np.zeros(s.size), m
+        zero = np.zeros(cols.shape[1], dtype=np.int64)
+        return Starts(*cols[:7], zero, zero, np.zeros(cols.shape[1]), m)
+    eos = rp.eos  # the step drafting at the prompt's last row
+    cap = np.where(m.first_reject > eos, np.minimum(cap, eos + 1), cap)  # EOS drafted: stop
     j = np.arange(k)
     live = j < cap[:, None]
     i = np.minimum(m.first_reject, cap)
-    stop &= live
+    stop = stop & live  # not in place: the matrix may be kept for other caps
     n = np.where(stop.any(axis=1), np.argmax(stop, axis=1) + 1, cap)
     a = np.minimum(n, i)
     dd = d[:, None]
@@ -194,7 +257,8 @@ def all_starts(rp: Replay, policy: Policy) -> tuple[np.ndarray, ...]:
     deviating = np.sum(relaxed & (j < a[:, None]) & ~std_ok, axis=1)
     bias = np.sum(np.where(relaxed, rp.bias[m.rules, dd, m.at], 0.0), axis=1)
     s = walk(a + 1, tr.offsets)
-    return s, d[s], n[s], a[s], deviating[s], relaxed.sum(axis=1)[s], bias[s], m
+    return Starts(s, *locate(s, rp.prompt_of, tr.offsets), d[s], n[s], a[s], deviating[s],
+                  relaxed.sum(axis=1)[s], bias[s], m)
 
 
 def check_freerun(rp: Replay, policy: Policy, m: StartMatrices | None, starts: np.ndarray,
@@ -208,46 +272,80 @@ def check_freerun(rp: Replay, policy: Policy, m: StartMatrices | None, starts: n
 
 
 def price_rounds(pricer: Pricer, tr: Trace, r: Rounds) -> Rounds:
-    """Fill draft_ns / verify_ns / wall_ns of every round (vectorized ``price_round``)."""
-    length = tr.prompt_tokens[r.prompt] + r.start
-    first = np.ones(r.prompt.size, dtype=bool)
-    first[1:] = r.prompt[1:] != r.prompt[:-1]
-    seen_v = np.where(first, 0, np.roll(length + r.accepted, 1))
-    verify = pricer.ns(0, length - seen_v + r.drafted, seen_v)
-    draft = np.zeros(r.prompt.size, dtype=np.int64)
-    for x in range(len(tr.drafters)):
-        chosen = r.drafter == x
-        steps = np.where(r.probe, np.where(chosen, np.maximum(r.drafted, 1), 1),
-                         np.where(chosen, r.drafted, 0))
-        m = np.flatnonzero(steps > 0)
-        if m.size == 0:
-            continue
-        after = length[m] + np.minimum(steps[m] - 1, np.where(chosen[m], r.accepted[m], 0))
-        same = np.zeros(m.size, dtype=bool)
-        same[1:] = r.prompt[m[1:]] == r.prompt[m[:-1]]
-        before = np.where(same, np.roll(after, 1), 0)
-        draft[m] += pricer.ns(1 + x, length[m] - before, before)
-        draft[m] += pricer.steps_ns(1 + x, length[m], steps[m] - 1)
-    r.draft_ns, r.verify_ns, r.wall_ns = draft, verify, draft + verify
+    """Fill draft_ns / verify_ns / wall_ns of every round (``price_round`` over the log):
+    lookup tables in a compiled loop, the few large passes priced by the latency model."""
+    draft, verify, todo = price_log(r.prompt, r.start, r.drafter, r.drafted, r.accepted,
+                                    r.probe, tr.prompt_tokens, pricer.small_table(),
+                                    pricer.fresh_table(), pricer.cum)
+    r.draft_ns, r.verify_ns, r.wall_ns = _price_rest(pricer, draft, verify, todo)
     return r
+
+
+def _price_rest(pricer: Pricer, draft: np.ndarray, verify: np.ndarray, todo: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add the passes the kernels left to price (``todo`` rows: round, model, new, context);
+    returns draft, verify and wall ns."""
+    for m in np.unique(todo[:, 1]) if todo.size else ():
+        rows = todo[todo[:, 1] == m]
+        ns = pricer.ns(int(m), rows[:, 2], rows[:, 3])
+        if m == 0:
+            verify[rows[:, 0]] = ns  # one verifier pass a round
+        else:
+            np.add.at(draft, rows[:, 0], ns)
+    return draft, verify, draft + verify
 
 
 def run_fast(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
              replay: Replay | None = None, pricer: Pricer | None = None) -> Rounds:
     """Run ``policy`` over every prompt of ``trace``; pass ``replay``/``pricer`` to reuse them."""
+    return run_fast_tallied(trace, policy, latency, seed, replay, pricer)[0]
+
+
+def run_fast_tallied(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
+                     replay: Replay | None = None, pricer: Pricer | None = None,
+                     keep: bool = True) -> tuple[Rounds | None, tuple | None]:
+    """``run_fast``, and the round log's ``kernels.tally`` where it came out of the same pass
+    (the common case: a memoryless policy with the standard rule; else None). ``keep=False``:
+    the log is not wanted where the tallies come (then None in its place; ``summarize``
+    needs no log for a trace with one drafter and a lossless policy)."""
     rp = replay or Replay(trace, seed)
     rp.check(policy)
     pricer = pricer or Pricer(latency, trace)
+    probe = policy.probes_all_drafters
     if policy.memoryless:
-        s, d, n, a, dev, rel, bias, m = all_starts(rp, policy)
-        if policy.lossy or (m is not None and m.relaxed):
-            check_freerun(rp, policy, m, s, n)
-        zeros = np.zeros(s.size, dtype=np.int64)
-        r = Rounds(prompt=rp.prompt_of[s], start=s - trace.offsets[rp.prompt_of[s]],
-                   drafter=d, drafted=n, accepted=a,
-                   probe=np.full(s.size, policy.probes_all_drafters, dtype=np.int64),
-                   deviating=dev, relaxed=rel, bias=bias, draft_ns=zeros,
-                   verify_ns=zeros, wall_ns=zeros, length=trace.lengths[rp.prompt_of[s]])
+        dec = decide(rp, policy)
+        if dec.m is not None and not (dec.m.relaxed or policy.lossy):
+            cols, gap, todo, stats, per_token_ms = walk_price(
+                dec.stop, dec.cap, dec.m.first_reject, dec.m.first_missing, rp.eos,
+                dec.drafter, trace.offsets, True, keep, probe, trace.prompt_tokens,
+                pricer.small_table(), pricer.fresh_table(), pricer.cum, len(trace.drafters))
+            if gap:
+                raise freerun_error(trace, policy)
+            if not todo.size:
+                tallies = stats[:6], stats[6:], cols[10], per_token_ms
+                if not keep:
+                    return None, tallies
+            elif not keep:  # some passes to price: the tallies need the log
+                return run_fast_tallied(trace, policy, latency, seed, rp, pricer)
+            draft, verify, wall = cols[7], cols[8], cols[9]
+            if todo.size:
+                draft, verify, wall = _price_rest(pricer, draft, verify, todo)
+                tallies = None
+            n = cols.shape[1]
+            zero = np.zeros(n, dtype=np.int64)
+            r = Rounds(prompt=cols[1], start=cols[2], drafter=cols[4], drafted=cols[5],
+                       accepted=cols[6], probe=np.full(n, probe, dtype=np.int64),
+                       deviating=zero, relaxed=zero, bias=np.zeros(n), draft_ns=draft,
+                       verify_ns=verify, wall_ns=wall, length=cols[3])
+            return r, tallies
+        st = all_starts(rp, policy)
+        if policy.lossy or (st.m is not None and st.m.relaxed):
+            check_freerun(rp, policy, st.m, st.rows, st.drafted)
+        zeros = np.zeros(st.rows.size, dtype=np.int64)
+        r = Rounds(prompt=st.prompt, start=st.start, drafter=st.drafter, drafted=st.drafted,
+                   accepted=st.accepted, probe=np.full(st.rows.size, probe, dtype=np.int64),
+                   deviating=st.deviating, relaxed=st.relaxed, bias=st.bias, draft_ns=zeros,
+                   verify_ns=zeros, wall_ns=zeros, length=st.length)
     else:
         rows = []
         for p in range(trace.n_prompts):
@@ -258,4 +356,4 @@ def run_fast(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
                 rows.append((p, t, *out, 0, 0, 0))
                 t += out[2] + 1
         r = Rounds.from_rows(rows, trace.lengths)
-    return price_rounds(pricer, trace, r)
+    return price_rounds(pricer, trace, r), None

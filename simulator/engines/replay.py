@@ -86,6 +86,7 @@ class Replay:
     bias: np.ndarray = field(init=False)  # (R, D, N) TV(pi, p) per rule
     prompt_of: np.ndarray = field(init=False)  # (N,) prompt index of each row
     last_row: np.ndarray = field(init=False)  # (N,) the last row of each row's prompt
+    eos: np.ndarray = field(init=False)  # (N,) last_row - row: the step drafting at last_row
     cache: dict = field(init=False, default_factory=dict)  # the fast engine's shared matrices
 
     def __post_init__(self) -> None:
@@ -99,6 +100,7 @@ class Replay:
                 self.accept[i], self.bias[i] = tr.accept[rule], tr.bias[rule]
         self.prompt_of = np.repeat(np.arange(tr.n_prompts), tr.lengths)
         self.last_row = np.repeat(tr.offsets[1:] - 1, tr.lengths)
+        self.eos = self.last_row - np.arange(tr.n_positions)
 
     def check(self, policy: Policy) -> None:
         """Raise TraceError if the trace lacks what ``policy`` reads."""
@@ -197,6 +199,7 @@ class Pricer:
         self.models = ("verifier", *trace.drafters)
         self.max_context = int(trace.prompt_tokens.max() + trace.budget.max() + 2)
         self.small: np.ndarray | None = None  # (models, SMALL+1, contexts) lazily
+        self.fresh: np.ndarray | None = None  # (models, new tokens) at context 0, lazily
         self._baseline: np.ndarray | None = None
         ctx = np.arange(self.max_context + 1)
         # one-token steps at every context, and their prefix sums, for O(1) range sums
@@ -204,15 +207,30 @@ class Pricer:
         self.cum = np.concatenate([np.zeros((len(self.models), 1), np.int64),
                                    np.cumsum(self.step, axis=1)], axis=1)
 
+    def small_table(self) -> np.ndarray:
+        """(models, SMALL + 1, max_context + 1): ``ns`` of every pass over at most SMALL new
+        tokens (built on first use; the same elementwise prices as ``ns``)."""
+        if self.small is None:
+            ctx = np.arange(self.max_context + 1)
+            self.small = np.stack([np.stack([self.ns(m, np.full_like(ctx, k), ctx)
+                                             for k in range(self.SMALL + 1)])
+                                   for m in range(len(self.models))])
+        return self.small
+
+    def fresh_table(self) -> np.ndarray:
+        """(models, max_context + 1): ``ns`` of every pass into an empty KV cache (context 0:
+        a prompt's prefill), by number of new tokens."""
+        if self.fresh is None:
+            new = np.arange(self.max_context + 1)
+            self.fresh = np.stack([self.ns(m, new, np.zeros_like(new))
+                                   for m in range(len(self.models))])
+        return self.fresh
+
     def one(self, model: int, new: int, context: int) -> int:
         """``ns`` of a single pass, from a lookup table for the common small ``new``."""
         if new <= self.SMALL and context <= self.max_context:
-            if self.small is None:
-                ctx = np.arange(self.max_context + 1)
-                self.small = np.stack([np.stack([self.ns(m, np.full_like(ctx, k), ctx)
-                                                 for k in range(self.SMALL + 1)])
-                                       for m in range(len(self.models))])
-            return int(self.small[model, new, context])
+            small = self.small if self.small is not None else self.small_table()
+            return int(small[model, new, context])
         return int(self.ns(model, np.int64(new), np.int64(context)))
 
     def ns(self, model: int, new: np.ndarray, context: np.ndarray) -> np.ndarray:

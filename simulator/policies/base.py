@@ -20,6 +20,7 @@ round's own signals and context); the fast engine then evaluates all rounds at o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -55,7 +56,9 @@ class Context:
 
 @dataclass(frozen=True)
 class Plan:
-    """A round's plan: drafter index and the most tokens to draft (0 = verifier step only)."""
+    """A round's plan: drafter index and the most tokens to draft (0 = verifier step only).
+
+    Scalars, or arrays shaped like the Context's fields (a scalar applies to every start)."""
 
     drafter: Any
     cap: Any
@@ -76,6 +79,9 @@ class Policy:
 
     Class attributes:
       name: registry name (``--policy NAME``).
+      stop_params: the parameters ``stop`` reads, declared in the class that defines ``stop``
+        (None: not declared). The fast engine then evaluates the rule once for configurations
+        that differ only in other parameters (a sweep's caps) and slices it.
       memoryless: plan/stop/rules ignore state (enables the all-rounds-at-once fast path).
       lossy: may change the output distribution (reports deviating_tokens, quality_bias).
       probes_all_drafters: every drafter drafts step 0; the plan sees ``first_entropy``.
@@ -83,6 +89,7 @@ class Policy:
     """
 
     name: ClassVar[str] = ""
+    stop_params: ClassVar[tuple[str, ...] | None] = ()  # the default stop reads nothing
     memoryless: ClassVar[bool] = True
     lossy: ClassVar[bool] = False
     probes_all_drafters: ClassVar[bool] = False
@@ -90,7 +97,7 @@ class Policy:
 
     # ---- parameters ----
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     def signals(self) -> tuple[str, ...]:
         """Trace signals this policy reads (see trace.SIGNALS)."""
@@ -114,8 +121,7 @@ class Policy:
         return None
 
     def plan(self, state: Any, ctx: Context) -> Plan:
-        return Plan(drafter=np.zeros_like(ctx.position), cap=np.full_like(ctx.position,
-                                                                           self.max_cap()))
+        return Plan(drafter=0, cap=self.max_cap())  # the same for every round start
 
     def stop(self, state: Any, sig: Signals) -> np.ndarray:
         """Bool (..., steps): stop drafting after step j. Default: never (draft the cap).
@@ -130,6 +136,11 @@ class Policy:
 
     def update(self, state: Any, outcome: Outcome) -> Any:
         return state
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 RULE_INDEX = {name: i for i, name in enumerate(RULE_NAMES)}

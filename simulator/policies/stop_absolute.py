@@ -29,6 +29,7 @@ class StopAbsolute(Policy):
     """
 
     name = "stop_absolute"
+    stop_params = ("theta", "entropy")
     theta: float = 1.0
     k: int = 8
     entropy: str = "entropy"
