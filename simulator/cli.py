@@ -60,13 +60,21 @@ def latency_for(spec: str, trace_meta: dict[str, Any], pair: str | None) -> Late
     if spec == "auto":
         pair_name = pair or trace_meta.get("pair")
         found = sorted(PROFILES.glob(f"{pair_name}-*.json")) if pair_name else []
-        spec = f"profile:{found[0]}" if found else "const:draft=0.1,verify=1"
+        spec = f"profile:{_near(found[0])}" if found else "const:draft=0.1,verify=1"
     roles = None
     if spec.startswith("roofline:"):
         if not pair:
             raise LatencyError("--latency roofline:HW needs --pair NAME")
         roles = pair_roles(pair, trace_meta)
     return parse_latency(spec, roles)
+
+
+def _near(path: Path) -> Path:
+    """``path`` relative to the working directory when under it (reports name no home dirs)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def pair_roles(pair: str, trace_meta: dict[str, Any]) -> dict[str, str]:
@@ -120,7 +128,9 @@ def print_result(r: dict[str, Any]) -> None:
         s = r["serving"]
         rows.append(("throughput", s["throughput_tokens_per_second"],
                      f"tokens/s, {s['concurrency']} in flight, {s['placement']} devices"))
-    rows += [("tokens", r["tokens"], f"{r['prompts']} prompts"), ("priced by", r["pricing"], ""),
+    rows += [("drafters", ", ".join(r["drafters"]), "index 0 drafts for single-drafter "
+              "policies"),
+             ("tokens", r["tokens"], f"{r['prompts']} prompts"), ("priced by", r["pricing"], ""),
              ("engine", r["engine"], ""), ("trace", r["trace"],
                                                "SYNTHETIC" if r["synthetic"] else "")]
     for name, value, unit in rows:
@@ -135,6 +145,9 @@ Param_ = Annotated[list[str], typer.Option("--param", help="policy parameter nam
 Latency_ = Annotated[str, typer.Option("--latency", help="auto | const:draft=C,verify=V | "
                                                         "profile:PATH | roofline:HW")]
 Pair_ = Annotated[str | None, typer.Option("--pair", help="model pair (roofline pricing)")]
+Drafter_ = Annotated[list[str] | None, typer.Option(
+    "--drafter", help="drafter(s) to use, in order (repeatable; default: every drafter in "
+                      "the trace's order; single-drafter policies use the first)")]
 Seed_ = Annotated[int, typer.Option("--seed", help="seed of the acceptance draws (sampled "
                                                     "traces)")]
 
@@ -148,7 +161,7 @@ def run(trace: Trace_, policy: Policy_ = "fixed", param: Param_ = [],  # noqa: B
         placement: Annotated[str, typer.Option(help="shared | separate (events engine)")]
         = "shared",
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-        ) -> None:
+        drafter: Drafter_ = None) -> None:
     """Simulate one policy on one trace and print its metrics."""
     if engine not in ENGINES:
         raise PolicyError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
@@ -157,7 +170,7 @@ def run(trace: Trace_, policy: Policy_ = "fixed", param: Param_ = [],  # noqa: B
     if concurrency < 1 or (concurrency > 1 and engine != "events"):
         raise PolicyError("--concurrency must be >= 1, and > 1 only with --engine events")
     pol = make(policy, parse_params(param))
-    tr: Trace = read_trace(trace)
+    tr: Trace = read_trace(trace, drafter)
     lat = latency_for(latency, tr.meta, pair)
     result = simulate(tr, pol, lat, engine=engine, seed=seed, concurrency=concurrency,
                       placement=placement)
@@ -177,21 +190,22 @@ def sweep(trace: Annotated[list[Path], typer.Option("--trace", help="trace file 
           = Path("sweep.parquet"),
           latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0,
           workers: Annotated[int, typer.Option(help="processes (0 = all cores)")] = 0,
-          top: Annotated[int, typer.Option(help="best configurations to print")] = 5) -> None:
+          top: Annotated[int, typer.Option(help="best configurations to print")] = 5,
+          drafter: Drafter_ = None) -> None:
     """Evaluate a parameter grid on all cores; write results; print best and Pareto front."""
     from .sweep import best, pareto_front, parse_grid, run_sweep, write_rows
     g = parse_grid(grid)
     paths = [str(p) for p in trace]
     meta = read_meta(paths[0])
     for p in paths:
-        read_trace(p)  # validate every trace before forking workers
+        read_trace(p, drafter)  # validate every trace before forking workers
     lat = latency_for(latency, meta, pair)
     total = len(paths) * int(__import__("math").prod(len(v) for v in g.values()))
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                   disable=not err.is_terminal) as prog:
         task = prog.add_task(f"sweep {policy}", total=total)
-        rows = run_sweep(paths, policy, g, lat, seed, workers or None,
+        rows = run_sweep(paths, policy, g, lat, seed, workers or None, drafters=drafter,
                          progress=lambda done, _t: prog.update(task, completed=done))
     write_rows(rows, str(out_path))
     for title, chosen in (("best by speedup", best(rows, top)),
@@ -258,16 +272,18 @@ def report(trace: Annotated[list[Path], typer.Option("--trace", help="trace file
            out_dir: Annotated[Path, typer.Option("--out", help="report folder: index.md, fig/")],
            latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0,
            validate: Annotated[list[Path] | None, typer.Option(
-               "--validate", help="validate.json of `validate --pair` (repeatable)")] = None
-           ) -> None:
+               "--validate", help="validate.json of `validate --pair` (repeatable)")] = None,
+           drafter: Drafter_ = None) -> None:
     """Write a Markdown report with PNG figures: the seeds' experiments on the traces, and
     predicted vs measured from `validate` results."""
     from .report import build_report, report_command
     paths = [str(p) for p in trace]
     checks = [str(v) for v in validate or []]
     lats = [latency_for(latency, read_meta(p), pair) for p in paths]
-    cmd = report_command(paths, str(out_dir), latency, DEFAULT_LATENCY, pair, seed, checks)
-    out.print(f"wrote {build_report(paths, lats, out_dir, seed, cmd, validations=checks)}")
+    cmd = report_command(paths, str(out_dir), latency, DEFAULT_LATENCY, pair, seed, checks,
+                         drafter or [])
+    index = build_report(paths, lats, out_dir, seed, cmd, validations=checks, drafters=drafter)
+    out.print(f"wrote {index}")
 
 
 def main() -> None:  # pragma: no cover

@@ -90,6 +90,7 @@ def summarize(trace: Trace, policy: Policy, r: Rounds | None, baseline_ns: np.nd
         "engine": engine,
         "pricing": pricing,
         "trace": trace.path,
+        "drafters": list(trace.drafters),
         "synthetic": bool(trace.meta.get("synthetic", False)),
         "seed": seed,
         "prompts": trace.n_prompts,

@@ -87,7 +87,7 @@ class _Worker:
             self.oracle_cache[key] = float(pricer.baseline_ns(trace).sum() /
                                            rounds.wall_ns.sum())
         out["oracle_speedup"] = self.oracle_cache[key]
-        row: dict[str, Any] = {"trace": path}
+        row: dict[str, Any] = {"trace": path, "drafters": ",".join(trace.drafters)}
         row.update({f"param_{k}": v for k, v in policy.params().items()})
         row.update({k: out.get(k) for k in SCALARS})
         row["latency_p50_ms"] = out["latency_ms"]["p50"]
@@ -99,11 +99,12 @@ class _Worker:
 _STATE: _Worker | None = None
 
 
-def _init(paths: list[str], latency: LatencyModel, policy: str, seed: int) -> None:
+def _init(paths: list[str], latency: LatencyModel, policy: str, seed: int,
+          drafters: Sequence[str] | None = None) -> None:
     global _STATE
     traces = {}
     for p in paths:
-        tr = read_trace(p)
+        tr = read_trace(p, drafters)
         traces[p] = (tr, Replay(tr, seed), Pricer(latency, tr))
     _STATE = _Worker(traces, latency, policy, seed, {})
 
@@ -121,8 +122,10 @@ def _chunk(jobs: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
 
 def run_sweep(paths: Sequence[str], policy: str, grid: dict[str, list[str]],
               latency: LatencyModel, seed: int = 0, workers: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate every configuration of ``grid`` on every trace; rows in grid order."""
+              progress: Callable[[int, int], None] | None = None,
+              drafters: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Evaluate every configuration of ``grid`` on every trace; rows in grid order.
+    ``drafters``: keep those drafters, in that order (``read_trace``)."""
     all_configs = list(configs(grid))
     make(policy, all_configs[0])  # fail fast on a bad name or parameter, in this process
     for cfg in all_configs[1:2]:
@@ -134,7 +137,7 @@ def run_sweep(paths: Sequence[str], policy: str, grid: dict[str, list[str]],
     rows: list[dict[str, Any]] = []
     done = 0
     if workers == 1:
-        _init(list(paths), latency, policy, seed)
+        _init(list(paths), latency, policy, seed, drafters)
         for c in chunks:
             rows.extend(_chunk(c))
             done += len(c)
@@ -142,7 +145,7 @@ def run_sweep(paths: Sequence[str], policy: str, grid: dict[str, list[str]],
                 progress(done, len(jobs))
         return rows
     with ProcessPoolExecutor(workers, initializer=_init,
-                             initargs=(list(paths), latency, policy, seed)) as pool:
+                             initargs=(list(paths), latency, policy, seed, drafters)) as pool:
         for c, result in zip(chunks, pool.map(_chunk, chunks), strict=True):
             rows.extend(result)
             done += len(c)

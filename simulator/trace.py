@@ -16,8 +16,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,21 @@ class Trace:
             raise TraceError(f"{self.path}: no drafter {name!r}; it has {list(self.drafters)}")
         return self.drafters.index(name)
 
+    def select_drafters(self, names: Sequence[str]) -> Trace:
+        """The trace with only the drafters ``names``, in that order (index 0 = the drafter a
+        single-drafter policy uses; a router's order). Names, and so pricing, are kept."""
+        if len(set(names)) != len(names) or not names:
+            raise TraceError(f"{self.path}: --drafter {list(names)}: name each drafter once")
+        d = [self.drafter_index(n) for n in names]
+        if d == list(range(len(self.drafters))):
+            return self
+        return replace(
+            self, drafters=tuple(names), match=self.match[d],
+            signals={k: v[d] for k, v in self.signals.items()},
+            freerun={k: v[d] for k, v in self.freerun.items()},
+            accept={k: v[d] for k, v in self.accept.items()},
+            bias={k: v[d] for k, v in self.bias.items()})
+
 
 def _fail(path: str, msg: str) -> TraceError:
     return TraceError(f"{path}: {msg}")
@@ -240,8 +255,14 @@ def _freerun_matrix(col: pa.ChunkedArray, k_max: int) -> np.ndarray:
     return out
 
 
-def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read and validate a trace. Raises TraceError naming the file and the problem."""
+def read_trace(path: str | os.PathLike[str], drafters: Sequence[str] | None = None) -> Trace:
+    """Read and validate a trace; with ``drafters``, keep those only, in that order
+    (``Trace.select_drafters``). Raises TraceError naming the file and the problem."""
+    tr = _read_trace(path)
+    return tr.select_drafters(drafters) if drafters else tr
+
+
+def _read_trace(path: str | os.PathLike[str]) -> Trace:
     p = str(path)
     meta = read_meta(p)
     try:

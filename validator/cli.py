@@ -83,6 +83,9 @@ def main(
     trace: Annotated[Path | None, typer.Option(help="--timing-only: trace to force from")]
     = None,
     progress: Annotated[bool, typer.Option(help="progress bars on stderr")] = True,
+    drafter: Annotated[list[str] | None, typer.Option(
+        help="drafter(s) to decode with, in order (repeatable; default: all, single-drafter "
+             "policies use the first)")] = None,
 ) -> None:
     """Real-model side of entrospec. `validate --pair NAME` runs policies for real and compares
     with the simulator; `validate record ...` writes a trace; `validate calibrate ...` a
@@ -126,7 +129,7 @@ def main(
         doc = validate_pair(pair, dataset, prompts, specs, out=folder, profile=profile,
                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                             device=dev, dtype=dt, threads=threads, drafters_dir=drafters_dir,
-                            command=command, progress=progress, log=log)
+                            command=command, progress=progress, log=log, drafters=drafter)
     if json_out:
         typer.echo(json.dumps(doc, default=str))
         return

@@ -329,8 +329,10 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
                   temperature: float = 0.0, seed: int = 0, device: str = "cpu",
                   dtype: Any = None, threads: int = 0, drafters_dir: Path | None = None,
                   command: str = "", progress: bool = True,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Profile (calibrating if absent), trace, real runs, prediction, comparison, report."""
+                  log: Callable[[str], None] = print,
+                  drafters: Sequence[str] | None = None) -> dict[str, Any]:
+    """Profile (calibrating if absent), trace, real runs, prediction, comparison, report.
+    ``drafters``: the pair's drafters to decode with, in order (as ``sim --drafter``)."""
     import torch
 
     from simulator.latency import load_profile
@@ -348,6 +350,11 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
     pair_spec = pairs.get_pair(pair)
     folder = drafters_dir if drafters_dir is not None else pairs.DRAFTERS_DIR
     pairs.check_available(pair_spec, folder)
+    have = [d.name for d in pair_spec.drafters] if pair_spec.verifier is not None else \
+        [f.name for f in pairs.trained_drafters(folder)]
+    for name in drafters or []:
+        if name not in have:
+            raise ValidateError(f"--drafter {name!r}: pair {pair} has drafters {have}")
     prof = profile if profile is not None else profile_path(pair, device)
     if not prof.exists():
         if profile is not None:
@@ -356,7 +363,7 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
 
         log(f"no profile {prof}: calibrating {pair} on {device} first")
         calibrate(pair, device=device, out=prof, threads=threads or None, progress=progress)
-    latency = load_profile(str(prof))
+    latency = load_profile(_shown(prof))
     loaded = pairs.load_pair(pair, device, dtype, folder)
     ids = [loaded.encode(p.text) for p in selected]
     cfg = RecordConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -371,7 +378,7 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
     log(f"recording the trace of {len(selected)} prompts -> {trace_path}")
     record(loaded.models, selected, ids, cfg, trace_path, meta, decode=loaded.decode,
            score=score, args=args, progress=progress)
-    trace = read_trace(str(trace_path))
+    trace = read_trace(str(trace_path), drafters)
     bar, tick = _bar(len(selected) * (len(specs) + 1), progress)
     try:
         real = run_real(loaded.models, trace.drafters, ids, specs, max_new_tokens, temperature,
@@ -384,10 +391,16 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
 
     doc = {"pair": pair, "device": device, "dataset": dataset, "prompts": len(selected),
            "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-           "trace": str(trace_path), "pricing": latency.source, **host_info(device),
+           "trace": _shown(trace_path), "pricing": latency.source, **host_info(device),
            "measured_at": now(), "command": command, **result}
     write_report(doc, out)
     return doc
+
+
+def _shown(path: Path) -> str:
+    """A path as reports show it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
 
 
 def _bar(total: int, show: bool) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -44,11 +44,12 @@ class ReportError(EntrospecError):
 
 
 def report_command(paths: Sequence[str], out: str, latency: str, default_latency: str,
-                   pair: str | None, seed: int, validations: Sequence[str] = ()) -> str:
+                   pair: str | None, seed: int, validations: Sequence[str] = (),
+                   drafters: Sequence[str] = ()) -> str:
     """The ``sim report`` command line that makes this report (options at their defaults
     left out)."""
     parts = ["sim report", *(f"--trace {p}" for p in paths),
-             *(f"--validate {v}" for v in validations)]
+             *(f"--validate {v}" for v in validations), *(f"--drafter {d}" for d in drafters)]
     if latency != default_latency:
         parts.append(f"--latency {latency}")
     if pair:
@@ -60,15 +61,16 @@ def report_command(paths: Sequence[str], out: str, latency: str, default_latency
 
 def build_report(paths: Sequence[str], latencies: Sequence[LatencyModel], out: str | Path,
                  seed: int = 0, command: str = "", progress: bool = True,
-                 validations: Sequence[str] = ()) -> Path:
+                 validations: Sequence[str] = (), drafters: Sequence[str] | None = None
+                 ) -> Path:
     """Write ``out/index.md`` and its figures from the traces at ``paths``, each priced by
-    its entry of ``latencies``, and the ``validate`` results (validate.json files) given.
-    Returns the path of index.md."""
+    its entry of ``latencies``, and the ``validate`` results (validate.json files) given;
+    ``drafters`` keeps those drafters of every trace, in that order. Returns index.md's path."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out}: exists and is not a folder")
     checked = [validation.load(v) for v in validations]
-    traces = [read_trace(p) for p in paths]
+    traces = [read_trace(p, drafters) for p in paths]
     ctxs = [TraceCtx(t, lat, seed, label, MAX_K)
             for t, lat, label in zip(traces, latencies, _labels(paths), strict=True)]
     grids = Grids.of(traces)
@@ -148,7 +150,9 @@ def header(ctxs: list[TraceCtx], paths: Sequence[str], g: Grids, seed: int, comm
     out += [f"Replay seed {seed}; bootstrap: {BOOT} replicates over prompts ({BOOT_POSITIONS} "
             "for position-level statistics), 95% percentile intervals. Speedup = verifier-only "
             "time / policy time under the same pricing, prefill included. Unless a section says "
-            "otherwise, policies draft with the trace's first drafter.", "",
+            "otherwise, policies draft with the trace's first drafter ("
+            + ", ".join(sorted({f"`{c.trace.drafters[0]}`" for c in ctxs}))
+            + "; `--drafter` chooses and orders them).", "",
             "Grids (from the traces' entropy quantiles): theta / tau = "
             f"{fmt(g.theta, 3)} nats; router thresholds from {fmt(g.vtheta, 3)} nats; budgets "
             f"{fmt(g.budget, 3)} nats; rho {fmt(g.rho)}; beta {fmt(g.beta)}; caps k "

@@ -195,17 +195,15 @@ def task_labels(trace: Trace) -> np.ndarray:
 
 # ---- trace slices ---------------------------------------------------------------------------
 
-def _take(trace: Trace, idx: np.ndarray, offsets: np.ndarray, drafters: list[int] | None,
-          path: str) -> Trace:
-    d = slice(None) if drafters is None else drafters
-    names = trace.drafters if drafters is None else tuple(trace.drafters[i] for i in drafters)
+def _take(trace: Trace, idx: np.ndarray, offsets: np.ndarray, path: str) -> Trace:
+    """The trace's rows ``idx`` (prompts re-cut by ``offsets``), every drafter."""
     return dataclasses.replace(
-        trace, drafters=names, offsets=offsets, token_id=trace.token_id[idx],
-        verifier_entropy=trace.verifier_entropy[idx], match=trace.match[d][:, idx],
-        signals={k: v[d][:, idx] for k, v in trace.signals.items()},
-        freerun={k: v[d][:, idx] for k, v in trace.freerun.items()},
-        accept={k: v[d][:, idx] for k, v in trace.accept.items()},
-        bias={k: v[d][:, idx] for k, v in trace.bias.items()}, path=path)
+        trace, offsets=offsets, token_id=trace.token_id[idx],
+        verifier_entropy=trace.verifier_entropy[idx], match=trace.match[:, idx],
+        signals={k: v[:, idx] for k, v in trace.signals.items()},
+        freerun={k: v[:, idx] for k, v in trace.freerun.items()},
+        accept={k: v[:, idx] for k, v in trace.accept.items()},
+        bias={k: v[:, idx] for k, v in trace.bias.items()}, path=path)
 
 
 def truncate(trace: Trace, max_new: int) -> Trace:
@@ -218,7 +216,7 @@ def truncate(trace: Trace, max_new: int) -> Trace:
     pos = np.arange(trace.n_positions) - np.repeat(trace.offsets[:-1], trace.lengths)
     idx = np.flatnonzero(pos < max_new)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    out = _take(trace, idx, offsets, None, f"{trace.path}[:{max_new}]")
+    out = _take(trace, idx, offsets, f"{trace.path}[:{max_new}]")
     if "max_new_tokens" in trace.meta:
         budget = min(int(trace.meta["max_new_tokens"]), int(max_new))
         out = dataclasses.replace(out, meta={**trace.meta, "max_new_tokens": budget})
@@ -227,8 +225,8 @@ def truncate(trace: Trace, max_new: int) -> Trace:
 
 def single_drafter(trace: Trace, d: int) -> Trace:
     """The trace with drafter ``d`` only (its name kept, so pricing is unchanged)."""
-    return _take(trace, np.arange(trace.n_positions), trace.offsets, [d],
-                 f"{trace.path}[{trace.drafters[d]}]")
+    return dataclasses.replace(trace.select_drafters([trace.drafters[d]]),
+                               path=f"{trace.path}[{trace.drafters[d]}]")
 
 
 # ---- parameter grids ------------------------------------------------------------------------

@@ -70,6 +70,9 @@ def test_sweep_writes_parquet_and_csv(trace, tmp_path):
     (["run", "--latency", "roofline:H100"], "--pair"),
     (["run", "--policy", "router", "--param", "thresholds=0.5,1,2"], "needs 4 drafters"),
     (["run", "--engine", "warp"], "--engine"),
+    (["run", "--drafter", "nope"], "no drafter 'nope'"),
+    (["run", "--drafter", "synth-d1", "--drafter", "synth-d1"], "name each drafter once"),
+    (["sweep", "--policy", "fixed", "--grid", "k=2", "--drafter", "nope"], "no drafter 'nope'"),
     (["sweep", "--policy", "fixed", "--grid", "k=3:1:1"], "a <= b"),
     (["synth", "--alpha", "1.5", "--tokens", "10", "--out", "x.parquet"], "--alpha"),
 ])
@@ -95,3 +98,57 @@ def test_same_seed_same_bytes(trace, tmp_path):
         assert res.exit_code == 0, res.output
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]  # also independent of the number of workers
+
+
+def only_drafter(src: str, name: str, dst) -> str:
+    """``src`` rewritten to hold drafter ``name``'s rows only (metadata to match)."""
+    import pyarrow.compute as pc
+
+    from simulator.trace import META_KEY
+    table = pq.read_table(src)
+    meta = json.loads(table.schema.metadata[META_KEY])
+    meta["drafters"] = [d for d in meta["drafters"] if d["name"] == name]
+    table = table.filter(pc.equal(table.column("drafter"), name))
+    pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta)}), dst)
+    return str(dst)
+
+
+@pytest.mark.parametrize("policy", ["fixed", "adaptive", "relaxed"])
+def test_drafter_option_equals_a_trace_of_that_drafter_alone(trace, tmp_path, policy):
+    """--drafter B on a two-drafter trace = the same run on a file holding B's rows only."""
+    alone = only_drafter(trace, "synth-d1", tmp_path / "d1.parquet")
+    args = ["--policy", policy, "--latency", "const:draft=0.1,verify=1", "--json"]
+    chosen = json.loads(runner.invoke(app, ["run", "--trace", trace, "--drafter", "synth-d1",
+                                            *args]).stdout)
+    ref = json.loads(runner.invoke(app, ["run", "--trace", alone, *args]).stdout)
+    default = json.loads(runner.invoke(app, ["run", "--trace", trace, *args]).stdout)
+    for r in (chosen, ref, default):
+        r.pop("trace")
+    assert chosen == ref and chosen["drafters"] == ["synth-d1"]
+    assert default["drafters"] == ["synth-d0", "synth-d1"]
+    assert default["acceptance_rate"] != chosen["acceptance_rate"]  # the choice matters
+
+
+def test_drafter_option_orders_a_router(trace):
+    args = ["--trace", trace, "--policy", "router", "--param", "thresholds=1000",
+            "--latency", "const:draft=0.1,verify=1", "--json"]
+    fwd = json.loads(runner.invoke(app, ["run", *args]).stdout)
+    rev = json.loads(runner.invoke(app, ["run", *args, "--drafter", "synth-d1",
+                                         "--drafter", "synth-d0"]).stdout)
+    # below every threshold the router drafts with index 0: the first drafter named
+    assert fwd["drafter_share"] == {"synth-d0": 1.0, "synth-d1": 0.0}
+    assert rev["drafter_share"] == {"synth-d1": 1.0, "synth-d0": 0.0}
+
+
+def test_sweep_drafter_option(trace, tmp_path):
+    out = tmp_path / "s.parquet"
+    res = runner.invoke(app, ["sweep", "--trace", trace, "--policy", "fixed", "--grid", "k=2,4",
+                              "--drafter", "synth-d1", "--out", str(out), "--workers", "1",
+                              "--latency", "const:draft=0.1,verify=1"])
+    assert res.exit_code == 0, res.output
+    rows = pq.read_table(out).to_pylist()
+    run = json.loads(runner.invoke(app, ["run", "--trace", trace, "--drafter", "synth-d1",
+                                         "--param", "k=4", "--json", "--latency",
+                                         "const:draft=0.1,verify=1"]).stdout)
+    assert {r["drafters"] for r in rows} == {"synth-d1"}
+    assert rows[1]["speedup"] == run["speedup"]

@@ -140,6 +140,7 @@ def test_policy_specs_and_errors() -> None:
     (["--pair", "no-such-pair"], "no-such-pair"),
     (["--pair", "smollm2-135m", "--policy", "nosuch"], "nosuch"),
     (["--pair", "0.5b-7b", "--device", "cpu"], "0.5b-7b"),
+    (["--pair", "smollm2-135m", "--drafter", "nosuch-d9"], "--drafter 'nosuch-d9'"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(argv: list[str], needle: str, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "r")])
@@ -177,3 +178,20 @@ def test_timing_only_needs_a_trace(tmp_path: Path) -> None:
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--trace" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_drafter_order_is_the_same_in_decoder_and_simulator(setup) -> None:
+    """`validate --drafter d1 --drafter d0`: the decoder drafts with the trace's reordered
+    drafters, and the simulator replays that order: counts still agree."""
+    models, ids, trace = setup
+    swapped = trace.select_drafters(["d1", "d0"])
+    specs = policy_specs(["fixed:k=4", "router:k=4"])
+    real = run_real(models, swapped.drafters, ids, specs, NEW, 0.0, seed=0)
+    latency = parse_latency("const:draft=0.01,verify=0.1")
+    result = compare(swapped, specs, real, predict(swapped, specs, latency, 0), greedy=True)
+    assert result["summary"]["greedy_counts_equal"] is True
+    default = compare(trace, specs[:1], run_real(models, trace.drafters, ids, specs[:1], NEW,
+                                                 0.0, seed=0),
+                      predict(trace, specs[:1], latency, 0), greedy=True)
+    assert result["policies"]["fixed k=4"]["measured"]["accepted_tokens"] != \
+        default["policies"]["fixed k=4"]["measured"]["accepted_tokens"]
