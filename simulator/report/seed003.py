@@ -7,6 +7,8 @@ k, plus seed 001's minimum-entropy routing.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,8 +107,8 @@ def section(ctx: TraceCtx, figs: Figures, grids: Grids) -> list[str]:
     ax_l.legend(fontsize=7)
     return out + [
         "Drafter = number of thresholds the verifier's entropy at the previous token exceeds "
-        f"(drafters in metadata order: {', '.join(names)}). Priced by `{ctx.latency.source}`: "
-        "with one price for every drafter, routing can only win on acceptance.", "",
+        f"(drafters in metadata order: {', '.join(names)}). Priced by `{ctx.latency.source}`"
+        + _prices(ctx.latency, names), "",
         figs.save(fig, "003-router", "router speedup and drafter share", speed=True), "",
         figs.save(fig_l, "003-router-latency", "router vs single drafters latency",
                   speed=True), "",
@@ -116,3 +118,13 @@ def section(ctx: TraceCtx, figs: Figures, grids: Grids) -> list[str]:
 
 def _lat(r: Run) -> list[str]:
     return [fmt(r.metrics["latency_ms"][q]) for q in ("p50", "p90", "p99")]
+
+
+def _prices(latency: Any, names: Sequence[str]) -> str:
+    """How the pricing ranks the drafters: one draft step at context 300, ms."""
+    one, ctx300 = np.ones(1, dtype=np.int64), np.full(1, 300, dtype=np.int64)
+    ms = [float(latency.seconds(n, one, ctx300)[0]) * 1e3 for n in names]
+    if max(ms) - min(ms) <= 1e-9 * max(max(ms), 1e-12):
+        return ": with one price for every drafter, routing can only win on acceptance."
+    return "; one draft step at context 300 costs " + ", ".join(
+        f"{n} {v:.3g} ms" for n, v in zip(names, ms, strict=True)) + "."
