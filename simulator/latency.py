@@ -43,7 +43,10 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class LatencyModel(Protocol):
-    source: str
+    @property
+    def source(self) -> str:
+        """Which model priced a result (printed with every result)."""
+        ...
 
     def seconds(self, model: str, new: np.ndarray, context: np.ndarray) -> np.ndarray:
         """Seconds for a forward pass of ``model`` ("verifier" or a drafter name)."""
@@ -116,10 +119,11 @@ def _coef(path: str, role: str, raw: Any) -> np.ndarray:
 def _pieces(path: str, role: str, raw: Any) -> list[Piece]:
     """Validated pieces: contiguous ranges of new from 1 up, the last without bound."""
     out: list[Piece] = []
-    want = 1
+    want: int | None = 1
     for piece in raw if isinstance(raw, list) else [None]:
         rng = piece.get("new") if isinstance(piece, dict) else None
-        if not (isinstance(rng, list) and len(rng) == 2 and rng[0] == want
+        if not (isinstance(piece, dict) and isinstance(rng, list) and len(rng) == 2
+                and rng[0] == want
                 and (rng[1] is None or (isinstance(rng[1], int) and rng[1] >= rng[0]))):
             raise LatencyError(f"{path}: model {role!r}: pieces must cover new = 1, 2, ... "
                                f"contiguously (expected a piece from {want})")

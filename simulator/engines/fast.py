@@ -113,11 +113,11 @@ def stop_matrix(rp: Replay, policy: Policy, m: StartMatrices) -> np.ndarray:
     rule is evaluated on the widest cached matrices and kept: the next configuration with the
     same values of those (a sweep's other caps) slices it (stop is prefix-causal).
     """
-    owner = _stop_owner(type(policy))
+    owner = _stop_owner(type(policy))  # type: ignore[arg-type]  # classes hash; mypy disagrees
     widest = m.wider or m
     if owner is None or rp.cache.get(widest.key) is not widest:  # not declared; not kept
         return np.asarray(policy.stop(None, m.sig), dtype=np.bool_)
-    key = (owner, tuple(getattr(policy, name) for name in owner.stop_params))
+    key = (owner, tuple(getattr(policy, name) for name in owner.stop_params or ()))
     kept = rp.cache.get("stop")
     if kept is None or kept[0] is not widest or kept[1] != key:
         kept = widest, key, np.asarray(policy.stop(None, widest.sig), dtype=np.bool_)
@@ -231,8 +231,9 @@ def all_starts(rp: Replay, policy: Policy) -> Starts:
     if m is None:
         s = walk(np.ones(tr.n_positions, dtype=np.int64), tr.offsets)
         zero = np.zeros(s.size, dtype=np.int64)
-        return Starts(s, *locate(s, rp.prompt_of, tr.offsets), d[s], zero, zero, zero, zero,
-                      np.zeros(s.size), None)
+        return Starts(s, *locate(s, rp.prompt_of, tr.offsets), d[s],  # type: ignore[call-arg]
+                      zero, zero, zero, zero, np.zeros(s.size), None)
+    assert stop is not None  # decided wherever there are matrices
     if not (m.relaxed or policy.lossy):  # only the visited rounds matter
         none = np.zeros((1, 1, 1), dtype=np.int64)  # no prices wanted: tables never read
         cols, gap, *_ = walk_price(stop, cap, m.first_reject, m.first_missing, rp.eos, d,
@@ -241,7 +242,7 @@ def all_starts(rp: Replay, policy: Policy) -> Starts:
         if gap:
             raise freerun_error(tr, policy)
         zero = np.zeros(cols.shape[1], dtype=np.int64)
-        return Starts(*cols[:7], zero, zero, np.zeros(cols.shape[1]), m)
+        return Starts(*cols[:7], zero, zero, np.zeros(cols.shape[1]), m)  # type: ignore[call-arg]
     eos = rp.eos  # the step drafting at the prompt's last row
     cap = np.where(m.first_reject > eos, np.minimum(cap, eos + 1), cap)  # EOS drafted: stop
     j = np.arange(k)
@@ -257,8 +258,8 @@ def all_starts(rp: Replay, policy: Policy) -> Starts:
     deviating = np.sum(relaxed & (j < a[:, None]) & ~std_ok, axis=1)
     bias = np.sum(np.where(relaxed, rp.bias[m.rules, dd, m.at], 0.0), axis=1)
     s = walk(a + 1, tr.offsets)
-    return Starts(s, *locate(s, rp.prompt_of, tr.offsets), d[s], n[s], a[s], deviating[s],
-                  relaxed.sum(axis=1)[s], bias[s], m)
+    return Starts(s, *locate(s, rp.prompt_of, tr.offsets), d[s],  # type: ignore[call-arg]
+                  n[s], a[s], deviating[s], relaxed.sum(axis=1)[s], bias[s], m)
 
 
 def check_freerun(rp: Replay, policy: Policy, m: StartMatrices | None, starts: np.ndarray,
@@ -298,7 +299,9 @@ def _price_rest(pricer: Pricer, draft: np.ndarray, verify: np.ndarray, todo: np.
 def run_fast(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
              replay: Replay | None = None, pricer: Pricer | None = None) -> Rounds:
     """Run ``policy`` over every prompt of ``trace``; pass ``replay``/``pricer`` to reuse them."""
-    return run_fast_tallied(trace, policy, latency, seed, replay, pricer)[0]
+    rounds = run_fast_tallied(trace, policy, latency, seed, replay, pricer)[0]
+    assert rounds is not None  # keep=True: the log is always made
+    return rounds
 
 
 def run_fast_tallied(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 0,
@@ -314,7 +317,8 @@ def run_fast_tallied(trace: Trace, policy: Policy, latency: LatencyModel, seed: 
     probe = policy.probes_all_drafters
     if policy.memoryless:
         dec = decide(rp, policy)
-        if dec.m is not None and not (dec.m.relaxed or policy.lossy):
+        if dec.m is not None and dec.stop is not None and not (dec.m.relaxed or policy.lossy):
+            tallies: tuple | None
             cols, gap, todo, stats, per_token_ms = walk_price(
                 dec.stop, dec.cap, dec.m.first_reject, dec.m.first_missing, rp.eos,
                 dec.drafter, trace.offsets, True, keep, probe, trace.prompt_tokens,

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import TraceError
 from ..latency import LatencyModel
@@ -66,7 +67,7 @@ class Rounds:
         cols = list(zip(*rows, strict=True)) if rows else [()] * len(ROUND_FIELDS)
         types = (np.int64,) * 6 + (np.int64, np.int64, np.float64) + (np.int64,) * 3
         arrays = [np.asarray(c, dtype=t) for c, t in zip(cols, types, strict=True)]
-        return cls(*arrays, length=np.asarray(lengths, dtype=np.int64)[arrays[0]])
+        return cls(*arrays, length=np.asarray(lengths, dtype=np.int64)[arrays[0]])  # type: ignore[misc]
 
     @property
     def emitted(self) -> np.ndarray:
@@ -233,7 +234,7 @@ class Pricer:
             return int(small[model, new, context])
         return int(self.ns(model, np.int64(new), np.int64(context)))
 
-    def ns(self, model: int, new: np.ndarray, context: np.ndarray) -> np.ndarray:
+    def ns(self, model: int, new: npt.ArrayLike, context: npt.ArrayLike) -> np.ndarray:
         """Nanoseconds of a pass of model index ``model`` (0 = verifier, 1+d = drafter d)."""
         sec = self.latency.seconds(self.models[model], np.asarray(new), np.asarray(context))
         return np.rint(np.asarray(sec, dtype=np.float64) * 1e9).astype(np.int64)

@@ -97,7 +97,8 @@ class Policy:
 
     # ---- parameters ----
     def params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _field_names(type(self))}
+        names = _field_names(type(self))  # type: ignore[arg-type]  # classes hash; mypy disagrees
+        return {name: getattr(self, name) for name in names}
 
     def signals(self) -> tuple[str, ...]:
         """Trace signals this policy reads (see trace.SIGNALS)."""
