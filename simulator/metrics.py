@@ -110,7 +110,7 @@ def summarize(trace: Trace, policy: Policy, r: Rounds | None, baseline_ns: np.nd
         "wasted_draft_tokens": drafted - accepted,
         "draft_time_share": float(np.int64(draft_ns) / total_ns) if total_ns else 0.0,
     }
-    if len(trace.drafters) > 1:
+    if len(trace.drafters) > 1 and policy.routes():
         assert r is not None
         share = np.bincount(r.drafter[r.drafted > 0], minlength=len(trace.drafters))
         out["drafter_share"] = {name: float(c / max(share.sum(), 1))

@@ -41,7 +41,7 @@ def simulate(trace: Trace, policy: Policy, latency: LatencyModel, engine: str = 
     if engine == "fast":
         rounds, tallies = run_fast_tallied(  # the metrics need no log where the tallies do
             trace, policy, latency, seed, replay=replay, pricer=pricer,
-            keep=len(trace.drafters) > 1 or policy.lossy)
+            keep=(len(trace.drafters) > 1 and policy.routes()) or policy.lossy)
     elif engine == "reference":
         rounds = run_reference(trace, policy, latency, seed)
     elif engine == "events":

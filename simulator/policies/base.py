@@ -109,6 +109,10 @@ class Policy:
         """Acceptance rules this policy may apply (see trace.RULES)."""
         return ("standard",)
 
+    def routes(self) -> bool:
+        """Whether rounds may use different drafters (then results report ``drafter_share``)."""
+        return self.probes_all_drafters or self.drafters_needed() > 1
+
     def drafters_needed(self) -> int:
         """How many drafters the trace must hold (plan indexes them 0..n-1)."""
         return 2 if self.probes_all_drafters else 1
