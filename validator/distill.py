@@ -156,7 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     while len(shards()) < args.val_shards + args.min_shards:
         time.sleep(60)
     val_names = [str(p) for p in dd.list_shards(data_dirs[0])[:args.val_shards]]
-    pos = {"step": 0, "epoch": 0, "batch": 0, "epoch_shards": [], "best": -1.0, "history": []}
+    pos: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "epoch_shards": [], "best": -1.0,
+                           "history": []}
     ckpt = run / "ckpt.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)

@@ -66,15 +66,15 @@ def teacher_forced_batch(model: Any, tok: Any, qids: list[int], questions: list[
     width = max(len(p) + len(a) for p, a in seqs)
     input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, (p, a) in enumerate(seqs):
-        input_ids[r, :len(p) + len(a)] = torch.tensor(p + a)
-        mask[r, :len(p) + len(a)] = 1
+    for r, (p, ans) in enumerate(seqs):
+        input_ids[r, :len(p) + len(ans)] = torch.tensor(p + ans)
+        mask[r, :len(p) + len(ans)] = 1
     hidden = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
     examples = []
-    for r, (p, a) in enumerate(seqs):
-        logits = model.lm_head(hidden[r, len(p) - 1:len(p) + len(a) - 1]).float()
+    for r, (p, ans) in enumerate(seqs):
+        logits = model.lm_head(hidden[r, len(p) - 1:len(p) + len(ans) - 1]).float()
         v, i = torch.topk(logits, topk, dim=-1)
-        examples.append({"qid": qids[r], "ids": torch.tensor(p + a, dtype=torch.int32),
+        examples.append({"qid": qids[r], "ids": torch.tensor(p + ans, dtype=torch.int32),
                          "answer_start": len(p), "finished": True,
                          "topk_idx": i.to(torch.int32), "topk_logit": v.to(torch.float16)})
     return examples

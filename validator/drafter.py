@@ -30,26 +30,29 @@ WEIGHTS = "drafter.safetensors"
 META = "drafter.json"
 SHARED_PREFIXES = ("model.embed_tokens.", "lm_head.")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# A transformers LlamaForCausalLM; typed Any because nn.Module's attribute access
+# (Tensor | Module) hides the submodules from a type checker.
+Llama = Any
 
 
-def own_modules(drafter: nn.Module) -> list[nn.Module]:
+def own_modules(drafter: Llama) -> list[nn.Module]:
     """The drafter's own (trainable, saved) modules: its decoder layers and final norm."""
     return [drafter.model.layers, drafter.model.norm]
 
 
-def own_parameters(drafter: nn.Module) -> list[nn.Parameter]:
+def own_parameters(drafter: Llama) -> list[nn.Parameter]:
     """Parameters of ``own_modules`` (what distillation trains)."""
     return [p for m in own_modules(drafter) for p in m.parameters()]
 
 
-def own_state_dict(drafter: nn.Module) -> dict[str, torch.Tensor]:
+def own_state_dict(drafter: Llama) -> dict[str, torch.Tensor]:
     """State dict without the shared embedding / head tensors."""
     return {k: v for k, v in drafter.state_dict().items()
             if not k.startswith(SHARED_PREFIXES) and not k.endswith("rotary_emb.inv_freq")}
 
 
-def build_drafter(verifier: nn.Module, n_layers: int,
-                  source_layers: list[int] | None = None, init: bool = True) -> nn.Module:
+def build_drafter(verifier: Llama, n_layers: int,
+                  source_layers: list[int] | None = None, init: bool = True) -> Llama:
     """A drafter sharing ``verifier``'s embedding and lm_head.
 
     source_layers: verifier layer indices copied into the drafter's layers (default
@@ -86,19 +89,19 @@ def build_drafter(verifier: nn.Module, n_layers: int,
                 nn.init.zeros_(p)
     if getattr(verifier, "generation_config", None) is not None:
         drafter.generation_config = copy.deepcopy(verifier.generation_config)
-    drafter.source_layers = src  # recorded by save_drafter
+    drafter.source_layers = src  # type: ignore[assignment]  # recorded by save_drafter
     drafter.eval()
     return drafter
 
 
-def round_own_weights(drafter: nn.Module, dtype: torch.dtype) -> None:
+def round_own_weights(drafter: Llama, dtype: torch.dtype) -> None:
     """Round the drafter's own weights in place to ``dtype`` precision (keeping their dtype)."""
     with torch.no_grad():
         for p in own_parameters(drafter):
             p.copy_(p.to(dtype).to(p.dtype))
 
 
-def save_drafter(drafter: nn.Module, folder: str | Path, meta: dict[str, Any],
+def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
                  dtype: torch.dtype = torch.float16, round_in_place: bool = True) -> Path:
     """Write the drafter's own weights (``dtype``) and ``meta`` + its shape to ``folder``.
 
@@ -146,7 +149,7 @@ def update_metrics(folder: str | Path, key: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_drafter(folder: str | Path, verifier: nn.Module) -> nn.Module:
+def load_drafter(folder: str | Path, verifier: Llama) -> Llama:
     """Load a saved drafter onto ``verifier`` (sharing its embedding and head), eval mode.
 
     The own weights are cast to the verifier's dtype and device.

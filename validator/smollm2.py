@@ -151,7 +151,7 @@ def convert(force: bool = False) -> Path:
                 folder, gguf_file=name, dtype=torch.float32)
             # The weights are already de-quantized float32; drop the GGUF quantizer marker so
             # save_pretrained writes plain safetensors.
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             out = tmp_path / "out"
@@ -196,7 +196,7 @@ def load_verifier(dtype: Any = None, device: str = "cpu") -> tuple[Any, Any]:
     folder = convert()
     model = AutoModelForCausalLM.from_pretrained(
         str(folder), dtype=dtype if dtype is not None else torch.float32)
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to by a wrapper
     model.requires_grad_(False)
     return model, load_tokenizer()
 
