@@ -21,6 +21,11 @@ more tokens or context; every third point held out):
           CPU one token runs matrix-vector kernels and skips the attention mask, so the cost
           jumps between new = 1 and 2; "pieces_heldout" gives its held-out errors.
 Other batch sizes (GPU) get their own fits under "by_batch"; the top level is the smallest.
+
+Probe: after every (point, sweep) the verifier's one-token ``verify_step`` at context
+PROBE_CONTEXT is timed once (``Probe``); the profile's "probe" block holds their median. Shared
+machines drift by 10-20% within minutes; ``validate`` re-times the probe around each real run, so
+a prediction can be rescaled to the machine's speed at that moment (reported beside the raw one).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ DEFAULT_NEW = (1, 2, 3, 4, 6, 8, 12, 17)
 LONG_NEW = (32, 96, 256)  # prefill / catch-up lengths (fitted as their own piece only)
 LONG_CONTEXT = (0, 512, 2048)
 QUIET_CORES = 0.1  # other processes may keep at most this many cores busy during a point
+PROBE_CONTEXT = 256  # tokens in the probe's KV cache (Probe)
 TOPK = 10  # k of the decoder's "topk" signal (validator.decoder default)
 
 
@@ -156,6 +162,48 @@ def verify_step(model: Any, ids: Any, cache: Any) -> tuple[int, int, float]:
     return a, tok, float(entropy(v[a]))
 
 
+class Probe:
+    """The machine-speed probe: seconds of the verifier's ``verify_step`` (one new token) at
+    ``context`` tokens of KV cache, on its own cache (cropped back after each call)."""
+
+    def __init__(self, model: Any, device: str, context: int = PROBE_CONTEXT) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        self.model, self.context, self.device = model, context, device
+        self.gen = torch.Generator().manual_seed(1)
+        self.vocab = model.config.vocab_size
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            ids = torch.randint(self.vocab, (1, context), generator=self.gen).to(device)
+            model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.measure(1)  # warm-up
+
+    def measure(self, calls: int) -> list[float]:
+        """``calls`` timings (seconds), each a fresh random token."""
+        import torch
+
+        times = []
+        with torch.inference_mode():
+            for _ in range(calls):
+                ids = torch.randint(self.vocab, (1, 1), generator=self.gen).to(self.device)
+                self.sync()
+                t0 = time.perf_counter()
+                verify_step(self.model, ids, self.cache)
+                self.sync()
+                times.append(time.perf_counter() - t0)
+                self.cache.crop(self.context - self.cache.get_seq_length())
+        return times
+
+
+def probe_block(times: Sequence[float], context: int = PROBE_CONTEXT) -> dict[str, Any]:
+    """The profile's "probe" entry for these timings (seconds)."""
+    return {"step": "verify_step", "model": "verifier", "new": 1, "context": context,
+            "calls": len(times), "median_s": statistics.median(times),
+            "statistic": "median of one call after each (point, sweep) of every role"}
+
+
 def cpu_snapshot() -> tuple[float, float, float]:
     """(wall s, CPU-seconds all processes were busy, CPU-seconds this process used). The busy
     total is Linux /proc/stat (1/USER_HZ resolution); elsewhere the others' share reads 0."""
@@ -176,8 +224,8 @@ def others_cores(before: tuple[float, float, float], after: tuple[float, float, 
 
 def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[str, Any],
                 batch: int, repeats: int, device: str, tick: Callable[[], None] = lambda: None,
-                quiet: float = QUIET_CORES, sweeps: int = 1, tries: int = 6
-                ) -> list[dict[str, Any]]:
+                quiet: float = QUIET_CORES, sweeps: int = 1, tries: int = 6,
+                after_point: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
     """Median seconds of ``steps[piece]`` at each (context, new, piece) of ``plan``.
 
     ``sweeps`` sweeps (module docstring) give each point ``sweeps * repeats`` calls, their
@@ -185,6 +233,7 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
     form can fit. A (point, sweep) measured while other processes kept more than ``quiet``
     cores busy is measured again after a pause (at most ``tries`` attempts; the least disturbed
     is kept; "others_cores" is the worst kept): contention inflates eager CPU timings many-fold.
+    ``after_point`` runs after each (point, sweep) (the machine-speed probe).
     """
     import torch
     from transformers import DynamicCache
@@ -227,6 +276,7 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
                     if others <= quiet:
                         break
                 runs[(context, new, piece)].append(best)
+                after_point()
                 tick()
             del cache
     points = []
@@ -414,11 +464,22 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
     started, models_out = time.strftime("%Y-%m-%dT%H:%M:%S%z"), {}
     try:
         real = None if random_weights else build_real(roles, dtype, device)
+        ref = (real["verifier"] if real else build_random(roles["verifier"], dtype, device)) \
+            if "verifier" in roles else None
+        probe = Probe(ref, device) if ref is not None else None
+        probe_times: list[float] = []
+
+        def after_point() -> None:
+            if probe is not None:
+                probe_times.extend(probe.measure(1))
+
         for role, cfg in roles.items():
-            model = real[role] if real else build_random(cfg, dtype, device)
+            model = real[role] if real else \
+                ref if role == "verifier" else build_random(cfg, dtype, device)
             step = verify_step if role == "verifier" else draft_step
             by_batch = {b: time_points(model, plans[role], {"grid": step, "long": draft_step},
-                                       b, repeats, device, bar, quiet, sweeps)
+                                       b, repeats, device, bar, quiet, sweeps,
+                                       after_point=after_point)
                         for b in sorted(batch_sizes)}
             fits = {b: {**fit_points(pts), "points": pts} for b, pts in by_batch.items()}
             first = fits.pop(min(fits))
@@ -449,7 +510,8 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
                     "long_new": list(long_new), "long_context": list(long_context),
                     "batch": sorted(batch_sizes), "repeats": repeats, "sweeps": sweeps,
                     "statistic": "median of sweeps x repeats calls, each after a warm-up call"},
-           "contention": contention, "started": started,
+           "contention": contention,
+           **({"probe": probe_block(probe_times)} if probe_times else {}), "started": started,
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": models_out}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

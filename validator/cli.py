@@ -148,6 +148,10 @@ def main(
                f"{s['max_abs_error_tokens_per_second']:.1%} over {s['configurations']} "
                "configurations" + (f"; greedy accepted counts equal: {s['greedy_counts_equal']}"
                                    if "greedy_counts_equal" in s else ""))
+    if "adjusted_median_abs_error_tokens_per_second" in s:
+        typer.echo(f"speed-adjusted (probe around each run): median |error| "
+                   f"{s['adjusted_median_abs_error_tokens_per_second']:.1%}, max "
+                   f"{s['adjusted_max_abs_error_tokens_per_second']:.1%}")
     typer.echo(f"report: {folder / 'report.md'}")
 
 

@@ -20,6 +20,14 @@ Greedy: the decoder's output for a prompt is the trace's ``token_id`` sequence u
 batched recording and the batch-1 decoder round a near-tie differently; on prompts whose output
 is identical, the accepted-token counts of the decoder and the simulator must be equal, and
 ``greedy_counts_equal`` says whether they were (per prompt, per policy).
+
+Machine speed: where the profile holds a "probe" (validator.calibrate.Probe: the verifier's
+one-token step at context 256, median over the calibration), the probe is timed PROBE_CALLS
+times before every real run and once more after the last. A run's speed factor is the median
+of the probe timings just before and just after it over the profile's median; "adjusted"
+predictions price each (prompt, policy) run at its factor. Raw and adjusted errors are both
+reported: the raw one says how far a profile carries across time on this machine, the adjusted
+one how good the cost model is at the machine's speed of the moment.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
 METRICS = ("tokens_per_second", "acceptance_rate", "mean_accepted_tokens")
 BASELINE = "verifier-only"
+PROBE_CALLS = 5  # probe timings before each real run (validator.calibrate.Probe)
 
 # The issue-5 target set: fixed k 1..8, three entropy stops, HF confidence (12 configurations).
 TARGET_SUITE = (*(f"fixed:k={k}" for k in range(1, 9)), "stop_absolute:theta=1.0,k=8",
@@ -103,11 +112,15 @@ def policy_specs(specs: Sequence[str], params: dict[str, str] | None = None,
 
 def run_real(models: Any, drafter_names: Sequence[str], ids: Sequence[Sequence[int]],
              specs: Sequence[PolicySpec], max_new_tokens: int, temperature: float, seed: int,
-             topk: int = 10, tick: Callable[[], None] | None = None) -> dict[str, list[Any]]:
+             topk: int = 10, tick: Callable[[], None] | None = None,
+             probe: Any = None, probes: dict[str, list[list[float]]] | None = None
+             ) -> dict[str, list[Any]]:
     """Run the real decoder: label -> one DecodeResult per prompt (baseline included).
 
     One untimed warm-up generation first (lazy initialisation, allocator). Prompts outer,
-    policies inner; sampling seed ``seed + prompt index`` for every policy.
+    policies inner; sampling seed ``seed + prompt index`` for every policy. With ``probe``
+    (validator.calibrate.Probe), ``probes[label]`` gets, per prompt, the probe timings just
+    before and just after that run (seconds).
     """
     import torch
 
@@ -121,6 +134,7 @@ def run_real(models: Any, drafter_names: Sequence[str], ids: Sequence[Sequence[i
                          max_new_tokens=min(8, max_new_tokens), temperature=temperature,
                          eos_token_id=models.eos_ids, topk=topk)
     out: dict[str, list[Any]] = {s.label: [] for s in runs}
+    before: list[float] = probe.measure(PROBE_CALLS) if probe is not None else []
     for i, prompt in enumerate(ids):
         x = torch.tensor(prompt, dtype=torch.long, device=device)
         for spec in runs:
@@ -128,6 +142,10 @@ def run_real(models: Any, drafter_names: Sequence[str], ids: Sequence[Sequence[i
             out[spec.label].append(speculative_generate(
                 models.verifier, drafters, x, spec.make(), max_new_tokens=max_new_tokens,
                 temperature=temperature, generator=gen, eos_token_id=models.eos_ids, topk=topk))
+            if probe is not None and probes is not None:
+                after = probe.measure(PROBE_CALLS)
+                probes.setdefault(spec.label, []).append(before + after)
+                before = after
             if tick is not None:
                 tick()
     return out
@@ -190,12 +208,35 @@ def greedy_check(trace: Any, results: Sequence[Any], rounds: Any) -> dict[str, A
             "greedy_counts_equal": same > 0 and equal == same, "diverged": diverged}
 
 
+def speed_factors(probes: Sequence[Sequence[float]], reference_s: float) -> np.ndarray:
+    """Per run: median probe timing around it / the profile's probe median (> 1: slower now)."""
+    return np.array([statistics.median(t) / reference_s for t in probes])
+
+
+def adjusted_tokens_per_second(trace: Any, rounds: Any, factors: np.ndarray) -> float:
+    """Predicted tokens/s with prompt i's predicted time scaled by ``factors[i]``."""
+    per_prompt_s = np.bincount(rounds.prompt, weights=rounds.wall_ns,
+                               minlength=trace.n_prompts) / 1e9
+    return float(trace.lengths.sum() / (per_prompt_s * factors).sum())
+
+
 def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
-            predicted: dict[str, tuple[dict[str, Any], Any]], greedy: bool) -> dict[str, Any]:
-    """Per policy: measured, predicted, error (and the greedy count check); plus a summary."""
+            predicted: dict[str, tuple[dict[str, Any], Any]], greedy: bool,
+            probes: dict[str, list[list[float]]] | None = None,
+            probe_reference_s: float | None = None) -> dict[str, Any]:
+    """Per policy: measured, predicted, error (and the greedy count check); plus a summary.
+    With ``probes`` (run_real) and the profile's probe median: the speed-adjusted prediction
+    and its error too (module docstring)."""
     policies: dict[str, Any] = {}
     base_m = measured_metrics(real[BASELINE])
     base_p = predicted[BASELINE][0]
+    adjust = bool(probes) and probe_reference_s is not None
+    adj: dict[str, float] = {}
+    if adjust:
+        assert probes is not None and probe_reference_s is not None
+        for label, (_, rounds) in predicted.items():
+            adj[label] = adjusted_tokens_per_second(
+                trace, rounds, speed_factors(probes[label], probe_reference_s))
     for spec in [PolicySpec(BASELINE, "fixed", {"k": "0"}), *specs]:
         m = measured_metrics(real[spec.label])
         p_full, rounds = predicted[spec.label]
@@ -206,6 +247,15 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
         entry: dict[str, Any] = {
             "policy": spec.name, "params": spec.make().params(), "measured": m, "predicted": p,
             "error": {k: rel_error(p[k], m[k]) for k in (*METRICS, "speedup")}}
+        if adjust:
+            tps = adj[spec.label]
+            f = speed_factors(probes[spec.label], probe_reference_s)  # type: ignore[arg-type,index]
+            entry["adjusted"] = {
+                "speed_factor_mean": float(f.mean()), "speed_factor_min": float(f.min()),
+                "speed_factor_max": float(f.max()), "tokens_per_second": tps,
+                "speedup": tps / adj[BASELINE],
+                "error_tokens_per_second": rel_error(tps, m["tokens_per_second"]),
+                "error_speedup": rel_error(tps / adj[BASELINE], m["speedup"])}
         if greedy:
             entry["greedy"] = greedy_check(trace, real[spec.label], rounds)
         policies[spec.label] = entry
@@ -213,6 +263,14 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
     summary: dict[str, Any] = {"configurations": len(policies),
                                "median_abs_error_tokens_per_second": statistics.median(errs),
                                "max_abs_error_tokens_per_second": max(errs)}
+    if adjust:
+        adj_errs = [abs(e["adjusted"]["error_tokens_per_second"]) for e in policies.values()]
+        summary["adjusted_median_abs_error_tokens_per_second"] = statistics.median(adj_errs)
+        summary["adjusted_max_abs_error_tokens_per_second"] = max(adj_errs)
+        summary["probe_reference_s"] = probe_reference_s
+        factors = [f for e in policies.values() for f in (e["adjusted"]["speed_factor_min"],
+                                                           e["adjusted"]["speed_factor_max"])]
+        summary["speed_factor_range"] = [min(factors), max(factors)]
     if greedy:
         summary["greedy_counts_equal"] = all(e["greedy"]["greedy_counts_equal"]
                                              for e in policies.values())
@@ -236,12 +294,18 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
                      _fmt(m["mean_accepted_tokens"], ".3f"),
                      _fmt(p["mean_accepted_tokens"], ".3f"), _fmt(m["speedup"], ".2f"),
                      _fmt(p["speedup"], ".2f")])
+        if "adjusted" in e:
+            a = e["adjusted"]
+            rows[-1] += [_fmt(a["tokens_per_second"], ".2f"),
+                         _fmt(a["error_tokens_per_second"], "+.1%"),
+                         f"{a['speed_factor_min']:.2f}-{a['speed_factor_max']:.2f}"]
     return rows
 
 
 HEADER = ["policy", "measured tok/s", "predicted tok/s", "error", "measured accept",
           "predicted accept", "measured tau", "predicted tau", "measured speedup",
           "predicted speedup"]
+ADJUSTED_HEADER = ["adjusted predicted tok/s", "adjusted error", "speed factors"]
 
 
 def write_report(doc: dict[str, Any], folder: Path) -> Path:
@@ -291,7 +355,16 @@ def write_report(doc: dict[str, Any], folder: Path) -> Path:
     if "greedy_counts_equal" in s:
         lines.append(f"Greedy accepted-token counts equal between decoder and simulator on "
                      f"every prompt with identical output: **{s['greedy_counts_equal']}**.")
-    lines += ["", "| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+    if "adjusted_median_abs_error_tokens_per_second" in s:
+        lo, hi = s["speed_factor_range"]
+        lines.append(
+            f"Speed-adjusted (each run priced at the machine's speed of the moment, from the "
+            f"probe timed around it; factors {lo:.2f}-{hi:.2f}): median |error| "
+            f"**{s['adjusted_median_abs_error_tokens_per_second']:.1%}**, max "
+            f"**{s['adjusted_max_abs_error_tokens_per_second']:.1%}**.")
+    header = HEADER + (ADJUSTED_HEADER if "adjusted_median_abs_error_tokens_per_second" in s
+                       else [])
+    lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(doc)]
     if "greedy_counts_equal" in s:
         lines += ["", "| policy | prompts with identical output | accepted counts equal |",
@@ -303,7 +376,11 @@ def write_report(doc: dict[str, Any], folder: Path) -> Path:
     lines += ["", "![predicted vs measured](predicted_vs_measured.png)", "",
               "Error = predicted / measured − 1. Measured: wall clock of the real decoder "
               "(validator/decoder.py), batch 1, prefill included. Predicted: `sim` fast engine "
-              "on the trace of the same prompts, priced by the profile above.", ""]
+              "on the trace of the same prompts, priced by the profile above. Adjusted: the "
+              "same, each (prompt, policy) run's predicted time times its speed factor = "
+              "median probe timing around the run / the profile's probe median "
+              f"({_fmt(s.get('probe_reference_s'), '.4g')} s; the verifier's one-token step "
+              "at context 256).", ""]
     md = folder / "report.md"
     for path, text in ((md, "\n".join(lines)), (folder / "validate.json",
                                                  json.dumps(doc, indent=1, default=str) + "\n")):
@@ -379,14 +456,22 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
     record(loaded.models, selected, ids, cfg, trace_path, meta, decode=loaded.decode,
            score=score, args=args, progress=progress)
     trace = read_trace(str(trace_path), drafters)
+    reference = json.loads(Path(prof).read_text()).get("probe")
+    probe: Any = None
+    probes: dict[str, list[list[float]]] = {}
+    if reference is not None:
+        from .calibrate import Probe
+
+        probe = Probe(loaded.models.verifier, device, int(reference["context"]))
     bar, tick = _bar(len(selected) * (len(specs) + 1), progress)
     try:
         real = run_real(loaded.models, trace.drafters, ids, specs, max_new_tokens, temperature,
-                        seed, cfg.topk, tick)
+                        seed, cfg.topk, tick, probe=probe, probes=probes)
     finally:
         bar()
     predicted = predict(trace, specs, latency, seed)
-    result = compare(trace, specs, real, predicted, temperature == 0)
+    result = compare(trace, specs, real, predicted, temperature == 0, probes,
+                     reference["median_s"] if reference is not None else None)
     from .calibrate import host_info
 
     doc = {"pair": pair, "device": device, "dataset": dataset, "prompts": len(selected),

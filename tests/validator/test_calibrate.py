@@ -80,6 +80,9 @@ def test_calibrate_tiny_model_writes_a_profile_the_simulator_loads(tmp_path: Pat
     assert set(prof.coefs) == {"verifier", "tiny-d1"}
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert doc["hardware"]["device"] == "cpu" and doc["libraries"]["torch"]
+    points = sum(len(e["points"]) for e in doc["models"].values())
+    assert doc["probe"]["calls"] == points * 2 and doc["probe"]["median_s"] > 0  # 2 sweeps
+    assert doc["probe"]["context"] == 256 and doc["probe"]["new"] == 1
     n, c = np.meshgrid(np.arange(1, 6), np.arange(8, 97))
     for role, entry in doc["models"].items():
         assert entry["step"] == ("verify_step" if role == "verifier" else "draft_step")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -195,3 +196,53 @@ def test_drafter_order_is_the_same_in_decoder_and_simulator(setup) -> None:
                       predict(trace, specs[:1], latency, 0), greedy=True)
     assert result["policies"]["fixed k=4"]["measured"]["accepted_tokens"] != \
         default["policies"]["fixed k=4"]["measured"]["accepted_tokens"]
+
+
+class FakeProbe:
+    """A probe whose timings are given: each measure() returns the next value, repeated."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values, self.calls = list(values), 0
+
+    def measure(self, calls: int) -> list[float]:
+        self.calls += 1
+        return [self.values.pop(0)] * calls
+
+
+def test_speed_adjusted_prediction_scales_each_run_by_its_probe(setup, tmp_path: Path) -> None:
+    """Probe timings around every run -> per-run factors; a uniform 2x slow machine halves the
+    predicted tokens/s exactly, and leaves the predicted speedup unchanged."""
+    from validator.validate import PROBE_CALLS, adjusted_tokens_per_second, speed_factors
+
+    models, ids, trace = setup
+    specs = policy_specs(["fixed:k=2"])
+    runs = len(ids) * (len(specs) + 1)
+    probe, probes = FakeProbe([0.2] * (runs + 1)), {}
+    real = run_real(models, trace.drafters, ids, specs, NEW, 0.0, seed=0, probe=probe,
+                    probes=probes)
+    assert probe.calls == runs + 1  # one block before the first run, one after each
+    assert {k: len(v) for k, v in probes.items()} == {BASELINE: len(ids), "fixed k=2": len(ids)}
+    assert all(t == [0.2] * (2 * PROBE_CALLS) for v in probes.values() for t in v)
+    latency = parse_latency("const:draft=0.01,verify=0.1")
+    pred = predict(trace, specs, latency, 0)
+    result = compare(trace, specs, real, pred, True, probes, probe_reference_s=0.1)
+    for e in result["policies"].values():
+        assert e["adjusted"]["tokens_per_second"] == pytest.approx(
+            e["predicted"]["tokens_per_second"] / 2)
+        assert e["adjusted"]["speedup"] == pytest.approx(e["predicted"]["speedup"])
+        assert e["adjusted"]["speed_factor_min"] == e["adjusted"]["speed_factor_max"] == 2.0
+    assert result["summary"]["speed_factor_range"] == [2.0, 2.0]
+    # per prompt: prompt 0 at half speed, the rest at the profile's: only its time doubles
+    rounds = pred["fixed k=2"][1]
+    f = speed_factors([[0.2, 0.2]] + [[0.1, 0.1]] * (len(ids) - 1), 0.1)
+    per = np.bincount(rounds.prompt, weights=rounds.wall_ns) / 1e9
+    expect = trace.lengths.sum() / (2 * per[0] + per[1:].sum())
+    assert adjusted_tokens_per_second(trace, rounds, f) == pytest.approx(expect)
+    assert "adjusted" not in compare(trace, specs, real, pred, True)["policies"][BASELINE]
+    doc = {"pair": "tiny", "device": "cpu", "dataset": "tiny", "prompts": len(ids),
+           "max_new_tokens": NEW, "temperature": 0.0, "trace": "trace.parquet",
+           "pricing": latency.source, "hardware": {"device": "cpu"}, "measured_at": "now",
+           "command": "validate --pair tiny", **result}
+    text = write_report(doc, tmp_path / "rep").read_text()
+    assert "Speed-adjusted" in text and "| adjusted predicted tok/s |" in text
+    assert "factors 2.00-2.00" in text
