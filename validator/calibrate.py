@@ -23,9 +23,13 @@ more tokens or context; every third point held out):
 Other batch sizes (GPU) get their own fits under "by_batch"; the top level is the smallest.
 
 Probe: after every (point, sweep) the verifier's one-token ``verify_step`` at context
-PROBE_CONTEXT is timed once (``Probe``); the profile's "probe" block holds their median. Shared
-machines drift by 10-20% within minutes; ``validate`` re-times the probe around each real run, so
-a prediction can be rescaled to the machine's speed at that moment (reported beside the raw one).
+PROBE_CONTEXT is timed once (``Probe``). Shared machines drift by 10-20% within minutes, and roles
+are timed one after another, so drift would otherwise distort the drafters' cost relative to the
+verifier's: each (point, sweep) is rescaled by median(all probe timings) / median(the
+PROBE_WINDOW probe timings around it) before the fit (``normalize_by_probe``; raw medians kept).
+The profile's "probe" block holds the overall median; ``validate`` re-times the probe around
+each real run, so a prediction can be rescaled to the machine's speed at that moment (reported
+beside the raw one).
 """
 
 from __future__ import annotations
@@ -225,7 +229,7 @@ def others_cores(before: tuple[float, float, float], after: tuple[float, float, 
 def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[str, Any],
                 batch: int, repeats: int, device: str, tick: Callable[[], None] = lambda: None,
                 quiet: float = QUIET_CORES, sweeps: int = 1, tries: int = 6,
-                after_point: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
+                after_point: Callable[[], int | None] = lambda: None) -> list[dict[str, Any]]:
     """Median seconds of ``steps[piece]`` at each (context, new, piece) of ``plan``.
 
     ``sweeps`` sweeps (module docstring) give each point ``sweeps * repeats`` calls, their
@@ -233,7 +237,8 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
     form can fit. A (point, sweep) measured while other processes kept more than ``quiet``
     cores busy is measured again after a pause (at most ``tries`` attempts; the least disturbed
     is kept; "others_cores" is the worst kept): contention inflates eager CPU timings many-fold.
-    ``after_point`` runs after each (point, sweep) (the machine-speed probe).
+    ``after_point`` runs after each (point, sweep): the machine-speed probe, returning the
+    index of its timing (kept per sweep as "probe_at", for ``normalize_by_probe``).
     """
     import torch
     from transformers import DynamicCache
@@ -275,20 +280,50 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
                         best = {"times": times, "others": others, "tries": k + 1}
                     if others <= quiet:
                         break
+                best["probe_at"] = after_point()
                 runs[(context, new, piece)].append(best)
-                after_point()
                 tick()
             del cache
     points = []
     for (context, new, piece), got in runs.items():
-        meds = [statistics.median(g["times"]) for g in got]
         points.append({"new": new, "context": context, "batch": batch, "piece": piece,
-                       "median_s": statistics.median(t for g in got for t in g["times"]),
-                       "sweep_medians_s": meds,
-                       "spread": (max(meds) - min(meds)) / statistics.median(meds),
+                       **_medians([g["times"] for g in got]),
+                       "sweep_times_s": [g["times"] for g in got],
                        "others_cores": round(max(g["others"] for g in got), 3),
                        "tries": sum(g["tries"] for g in got)})
+        if all(g["probe_at"] is not None for g in got):
+            points[-1]["probe_at"] = [g["probe_at"] for g in got]
     return points
+
+
+def _medians(sweep_times: Sequence[Sequence[float]]) -> dict[str, Any]:
+    meds = [statistics.median(t) for t in sweep_times]
+    return {"median_s": statistics.median(t for ts in sweep_times for t in ts),
+            "sweep_medians_s": meds, "spread": (max(meds) - min(meds)) / statistics.median(meds)}
+
+
+PROBE_WINDOW = 9  # probe timings around a (point, sweep) whose median says the machine's speed
+
+
+def normalize_by_probe(points: list[dict[str, Any]], probe_times: Sequence[float],
+                       window: int = PROBE_WINDOW) -> None:
+    """Rescale each (point, sweep)'s timings, in place, to the machine's median speed over the
+    calibration: times x median(all probe timings) / median(the ``window`` probe timings
+    around it). Drift over minutes then moves every role alike instead of whichever role was
+    being timed. Keeps the raw "raw_median_s" and "raw_spread"; "median_s", "sweep_medians_s"
+    and "spread" become the normalised ones (what the fit sees)."""
+    ref = statistics.median(probe_times)
+    half = window // 2
+    for p in points:
+        if "probe_at" not in p:
+            continue
+        local = [statistics.median(probe_times[max(0, i - half):i + half + 1])
+                 for i in p["probe_at"]]
+        scaled = [[t * ref / f for t in ts] for ts, f in zip(p["sweep_times_s"], local,
+                                                            strict=True)]
+        p["raw_median_s"], p["raw_spread"] = p["median_s"], p["spread"]
+        p.update(_medians(scaled))
+        p["probe_local_s"] = local
 
 
 # ---- fit -----------------------------------------------------------------------------------
@@ -469,24 +504,22 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
         probe = Probe(ref, device) if ref is not None else None
         probe_times: list[float] = []
 
-        def after_point() -> None:
-            if probe is not None:
-                probe_times.extend(probe.measure(1))
+        def after_point() -> int | None:
+            if probe is None:
+                return None
+            probe_times.extend(probe.measure(1))
+            return len(probe_times) - 1
+
+        timed: dict[str, dict[int, list[dict[str, Any]]]] = {}
 
         for role, cfg in roles.items():
             model = real[role] if real else \
                 ref if role == "verifier" else build_random(cfg, dtype, device)
             step = verify_step if role == "verifier" else draft_step
-            by_batch = {b: time_points(model, plans[role], {"grid": step, "long": draft_step},
-                                       b, repeats, device, bar, quiet, sweeps,
-                                       after_point=after_point)
-                        for b in sorted(batch_sizes)}
-            fits = {b: {**fit_points(pts), "points": pts} for b, pts in by_batch.items()}
-            first = fits.pop(min(fits))
-            models_out[role] = {"model": cfg["name"], "n_layers": cfg["num_hidden_layers"],
-                                "weights": "random" if random_weights else "real",
-                                "step": step.__name__, **first,
-                                "by_batch": {str(b): v for b, v in fits.items()}}
+            timed[role] = {b: time_points(model, plans[role], {"grid": step, "long": draft_step},
+                                          b, repeats, device, bar, quiet, sweeps,
+                                          after_point=after_point)
+                           for b in sorted(batch_sizes)}
             del model
             gc.collect()
             if device.startswith("cuda"):
@@ -495,12 +528,26 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
         raise CalibrationError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     finally:
         bar(stop=True)
+    if probe_times:
+        normalize_by_probe([p for by in timed.values() for pts in by.values() for p in pts],
+                           probe_times)
+    for role, by_batch in timed.items():
+        fits = {b: {**fit_points(pts), "points": pts} for b, pts in by_batch.items()}
+        first = fits.pop(min(fits))
+        cfg = roles[role]
+        models_out[role] = {"model": cfg["name"], "n_layers": cfg["num_hidden_layers"],
+                            "weights": "random" if random_weights else "real",
+                            "step": ("verify_step" if role == "verifier" else "draft_step"),
+                            **first, "by_batch": {str(b): v for b, v in fits.items()}}
     pts = [p for m in models_out.values() for f in [m, *m["by_batch"].values()]
            for p in f["points"]]
     contention = {"quiet_cores": quiet, "max_others_cores": max(p["others_cores"] for p in pts),
                   "extra_attempts": sum(p["tries"] for p in pts) - len(pts) * sweeps,
                   "median_spread": statistics.median(p["spread"] for p in pts),
-                  "max_spread": max(p["spread"] for p in pts)}
+                  "max_spread": max(p["spread"] for p in pts),
+                  **({"median_raw_spread": statistics.median(p["raw_spread"] for p in pts),
+                      "max_raw_spread": max(p["raw_spread"] for p in pts)}
+                     if all("raw_spread" in p for p in pts) else {})}
     doc = {"schema": PROFILE_SCHEMA, **(meta or {}), "form": FORM, "pieces_form": PIECES_FORM,
            "fit": "non-negative least squares on relative residuals; every third grid point "
                   "and every third long point (plan order: context desc, new asc) held out",
@@ -511,7 +558,9 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
                     "batch": sorted(batch_sizes), "repeats": repeats, "sweeps": sweeps,
                     "statistic": "median of sweeps x repeats calls, each after a warm-up call"},
            "contention": contention,
-           **({"probe": probe_block(probe_times)} if probe_times else {}), "started": started,
+           **({"probe": {**probe_block(probe_times), "normalized": True,
+                         "window": PROBE_WINDOW}} if probe_times else {}),
+           "started": started,
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": models_out}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

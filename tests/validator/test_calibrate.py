@@ -18,12 +18,14 @@ from simulator.errors import LatencyError  # noqa: E402
 from simulator.latency import CONFIG_DIR, decode_cost, linear_form, load_profile  # noqa: E402
 from validator.calibrate import (  # noqa: E402
     CalibrationError,
+    _medians,
     app,
     calibrate,
     calibrate_roles,
     fit_linear,
     fit_points,
     hf_config,
+    normalize_by_probe,
     piecewise_seconds,
 )
 
@@ -83,6 +85,8 @@ def test_calibrate_tiny_model_writes_a_profile_the_simulator_loads(tmp_path: Pat
     points = sum(len(e["points"]) for e in doc["models"].values())
     assert doc["probe"]["calls"] == points * 2 and doc["probe"]["median_s"] > 0  # 2 sweeps
     assert doc["probe"]["context"] == 256 and doc["probe"]["new"] == 1
+    for e in doc["models"].values():  # every point normalised by the probes around it
+        assert all(len(p["probe_at"]) == 2 and p["raw_median_s"] > 0 for p in e["points"])
     n, c = np.meshgrid(np.arange(1, 6), np.arange(8, 97))
     for role, entry in doc["models"].items():
         assert entry["step"] == ("verify_step" if role == "verifier" else "draft_step")
@@ -159,3 +163,20 @@ def test_bad_model_config_is_a_calibration_error(bad: dict) -> None:
 def test_no_local_weights_asks_for_random_weights(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="--random-weights"):
         calibrate("0.5b-7b", out=str(tmp_path / "x.json"), progress=False)
+
+
+def test_normalize_by_probe_removes_a_drift_the_probe_sees() -> None:
+    """A machine twice as slow during the second half: points timed then are halved, exactly,
+    when the probe saw the same slowdown; raw values are kept."""
+    probe = [1.0] * 9 + [2.0] * 9
+    pts = [{"sweep_times_s": [[3.0, 3.0], [6.0, 6.0]], "probe_at": [2, 15],
+            **_medians([[3.0, 3.0], [6.0, 6.0]])}]
+    normalize_by_probe(pts, probe, window=5)
+    p = pts[0]
+    assert p["probe_local_s"] == [1.0, 2.0]
+    assert p["sweep_medians_s"] == pytest.approx([4.5, 4.5])  # both at the median speed, 1.5
+    assert p["spread"] == pytest.approx(0.0) and p["raw_spread"] == pytest.approx(3 / 4.5)
+    assert p["raw_median_s"] == pytest.approx(4.5) and p["median_s"] == pytest.approx(4.5)
+    untouched = {"median_s": 1.0}
+    normalize_by_probe([untouched], probe)
+    assert untouched == {"median_s": 1.0}
