@@ -27,6 +27,7 @@ from validator.calibrate import (  # noqa: E402
     hf_config,
     normalize_by_probe,
     piecewise_seconds,
+    refit_profile,
 )
 
 TINY = {"name": "tiny", "architecture": "llama", "hidden_size": 32, "num_hidden_layers": 2,
@@ -87,6 +88,10 @@ def test_calibrate_tiny_model_writes_a_profile_the_simulator_loads(tmp_path: Pat
     assert doc["probe"]["context"] == 256 and doc["probe"]["new"] == 1
     for e in doc["models"].values():  # every point normalised by the probes around it
         assert all(len(p["probe_at"]) == 2 and p["raw_median_s"] > 0 for p in e["points"])
+    again = refit_profile(out)  # the stored timings fit again: the same fits
+    assert all(again["models"][r]["pieces"] == e["pieces"] and again["models"][r]["coef"] ==
+               e["coef"] for r, e in doc["models"].items())
+    assert json.loads(out.read_text())["refit"]["plan"] == "validator.calibrate.piece_plan"
     n, c = np.meshgrid(np.arange(1, 6), np.arange(8, 97))
     for role, entry in doc["models"].items():
         assert entry["step"] == ("verify_step" if role == "verifier" else "draft_step")
