@@ -230,13 +230,11 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
     policies: dict[str, Any] = {}
     base_m = measured_metrics(real[BASELINE])
     base_p = predicted[BASELINE][0]
-    adjust = bool(probes) and probe_reference_s is not None
-    adj: dict[str, float] = {}
-    if adjust:
-        assert probes is not None and probe_reference_s is not None
-        for label, (_, rounds) in predicted.items():
-            adj[label] = adjusted_tokens_per_second(
-                trace, rounds, speed_factors(probes[label], probe_reference_s))
+    factors: dict[str, np.ndarray] = {}
+    if probes and probe_reference_s is not None:
+        factors = {label: speed_factors(probes[label], probe_reference_s) for label in predicted}
+    adj = {label: adjusted_tokens_per_second(trace, predicted[label][1], f)
+           for label, f in factors.items()}
     for spec in [PolicySpec(BASELINE, "fixed", {"k": "0"}), *specs]:
         m = measured_metrics(real[spec.label])
         p_full, rounds = predicted[spec.label]
@@ -247,9 +245,8 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
         entry: dict[str, Any] = {
             "policy": spec.name, "params": spec.make().params(), "measured": m, "predicted": p,
             "error": {k: rel_error(p[k], m[k]) for k in (*METRICS, "speedup")}}
-        if adjust:
-            tps = adj[spec.label]
-            f = speed_factors(probes[spec.label], probe_reference_s)  # type: ignore[arg-type,index]
+        if factors:
+            tps, f = adj[spec.label], factors[spec.label]
             entry["adjusted"] = {
                 "speed_factor_mean": float(f.mean()), "speed_factor_min": float(f.min()),
                 "speed_factor_max": float(f.max()), "tokens_per_second": tps,
@@ -263,14 +260,13 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
     summary: dict[str, Any] = {"configurations": len(policies),
                                "median_abs_error_tokens_per_second": statistics.median(errs),
                                "max_abs_error_tokens_per_second": max(errs)}
-    if adjust:
+    if factors:
         adj_errs = [abs(e["adjusted"]["error_tokens_per_second"]) for e in policies.values()]
         summary["adjusted_median_abs_error_tokens_per_second"] = statistics.median(adj_errs)
         summary["adjusted_max_abs_error_tokens_per_second"] = max(adj_errs)
         summary["probe_reference_s"] = probe_reference_s
-        factors = [f for e in policies.values() for f in (e["adjusted"]["speed_factor_min"],
-                                                           e["adjusted"]["speed_factor_max"])]
-        summary["speed_factor_range"] = [min(factors), max(factors)]
+        every = np.concatenate(list(factors.values()))
+        summary["speed_factor_range"] = [float(every.min()), float(every.max())]
     if greedy:
         summary["greedy_counts_equal"] = all(e["greedy"]["greedy_counts_equal"]
                                              for e in policies.values())
