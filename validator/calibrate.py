@@ -148,6 +148,11 @@ def draft_step(model: Any, ids: Any, cache: Any) -> tuple[list[Any], list[int]]:
     return draft_signals(rows, TOPK).tolist(), rows.argmax(-1).tolist()
 
 
+def step_of(role: str) -> Callable[..., Any]:
+    """The step a role is timed by: ``verify_step`` for the verifier, else ``draft_step``."""
+    return verify_step if role == "verifier" else draft_step
+
+
 def verify_step(model: Any, ids: Any, cache: Any) -> tuple[int, int, float]:
     """The decoder's verification of ``new - 1`` drafts (greedy, standard rule): a forward
     keeping every new position's logits, softmax, the drafter rows' softmax (stood in for by
@@ -167,6 +172,25 @@ def verify_step(model: Any, ids: Any, cache: Any) -> tuple[int, int, float]:
     return a, tok, float(entropy(v[a]))
 
 
+def time_calls(model: Any, fn: Callable[..., Any], cache: Any, context: int, new: int,
+               batch: int, calls: int, gen: Any, device: str) -> list[float]:
+    """Seconds of ``calls`` calls ``fn(model, ids, cache)`` on fresh random ``ids`` (batch, new),
+    the cache cropped back to ``context`` after each (CUDA: synchronised around each call)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    for _ in range(calls):
+        ids = torch.randint(model.config.vocab_size, (batch, new), generator=gen).to(device)
+        sync()
+        t0 = time.perf_counter()
+        fn(model, ids, cache)
+        sync()
+        times.append(time.perf_counter() - t0)
+        cache.crop(context - cache.get_seq_length())  # crop(-k) drops the last k tokens
+    return times
+
+
 class Probe:
     """The machine-speed probe: seconds of the verifier's ``verify_step`` (one new token) at
     ``context`` tokens of KV cache, on its own cache (cropped back after each call)."""
@@ -177,11 +201,10 @@ class Probe:
 
         self.model, self.context, self.device = model, context, device
         self.gen = torch.Generator().manual_seed(1)
-        self.vocab = model.config.vocab_size
-        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         self.cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            ids = torch.randint(self.vocab, (1, context), generator=self.gen).to(device)
+            ids = torch.randint(model.config.vocab_size, (1, context),
+                                generator=self.gen).to(device)
             model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.measure(1)  # warm-up
 
@@ -189,17 +212,9 @@ class Probe:
         """``calls`` timings (seconds), each a fresh random token."""
         import torch
 
-        times = []
         with torch.inference_mode():
-            for _ in range(calls):
-                ids = torch.randint(self.vocab, (1, 1), generator=self.gen).to(self.device)
-                self.sync()
-                t0 = time.perf_counter()
-                verify_step(self.model, ids, self.cache)
-                self.sync()
-                times.append(time.perf_counter() - t0)
-                self.cache.crop(self.context - self.cache.get_seq_length())
-        return times
+            return time_calls(self.model, verify_step, self.cache, self.context, 1, 1, calls,
+                              self.gen, self.device)
 
 
 def probe_block(times: Sequence[float], context: int = PROBE_CONTEXT) -> dict[str, Any]:
@@ -246,20 +261,11 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
 
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     order = sorted(plan, key=lambda x: (-x[0], x[2], x[1]))
 
     def attempt(cache: Any, new: int, context: int, fn: Callable[..., Any]) -> list[float]:
-        times = []
-        for _ in range(repeats + 1):  # call 0 is the warm-up
-            ids = torch.randint(vocab, (batch, new), generator=gen).to(device)
-            sync()
-            t0 = time.perf_counter()
-            fn(model, ids, cache)
-            sync()
-            times.append(time.perf_counter() - t0)
-            cache.crop(context - cache.get_seq_length())  # crop(-k) drops the last k tokens
-        return times[1:]
+        # call 0 is the warm-up
+        return time_calls(model, fn, cache, context, new, batch, repeats + 1, gen, device)[1:]
 
     runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {pt: [] for pt in order}
     with torch.inference_mode():
@@ -526,7 +532,7 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
         for role, cfg in roles.items():
             model = real[role] if real else \
                 ref if role == "verifier" else build_random(cfg, dtype, device)
-            step = verify_step if role == "verifier" else draft_step
+            step = step_of(role)
             timed[role] = {b: time_points(model, plans[role], {"grid": step, "long": draft_step},
                                           b, repeats, device, bar, quiet, sweeps,
                                           after_point=after_point)
@@ -548,7 +554,7 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
         cfg = roles[role]
         models_out[role] = {"model": cfg["name"], "n_layers": cfg["num_hidden_layers"],
                             "weights": "random" if random_weights else "real",
-                            "step": ("verify_step" if role == "verifier" else "draft_step"),
+                            "step": step_of(role).__name__,
                             **first, "by_batch": {str(b): v for b, v in fits.items()}}
     pts = [p for m in models_out.values() for f in [m, *m["by_batch"].values()]
            for p in f["points"]]
@@ -574,9 +580,16 @@ def calibrate_roles(roles: dict[str, dict[str, Any]], *, device: str = "cpu",
            "started": started,
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": models_out}
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+        write_profile(Path(out), doc)
     return doc
+
+
+def write_profile(path: Path, doc: dict[str, Any]) -> None:
+    """Write a profile JSON via a temporary file and rename (a crash leaves the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _check_out(path: Path) -> None:
@@ -620,9 +633,7 @@ def refit_profile(path: str | Path) -> dict[str, Any]:
             m["by_batch"][b] = {**fit_points(fit["points"]), "points": fit["points"]}
     doc["refit"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pieces": PIECES_FORM,
                     "plan": "validator.calibrate.piece_plan"}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_profile(path, doc)
     return doc
 
 
