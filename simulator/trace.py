@@ -179,12 +179,13 @@ class Trace:
         d = [self.drafter_index(n) for n in names]
         if d == list(range(len(self.drafters))):
             return self
-        return replace(
-            self, drafters=tuple(names), match=self.match[d],
-            signals={k: v[d] for k, v in self.signals.items()},
-            freerun={k: v[d] for k, v in self.freerun.items()},
-            accept={k: v[d] for k, v in self.accept.items()},
-            bias={k: v[d] for k, v in self.bias.items()})
+        return replace(self, drafters=tuple(names), **self.map_drafter_arrays(lambda v: v[d]))
+
+    def map_drafter_arrays(self, fn: Any) -> dict[str, Any]:
+        """``fn`` applied to every per-drafter array (drafter axis first): ``replace`` kwargs."""
+        return {"match": fn(self.match),
+                **{name: {k: fn(v) for k, v in getattr(self, name).items()}
+                   for name in ("signals", "freerun", "accept", "bias")}}
 
 
 def _fail(path: str, msg: str) -> TraceError:

@@ -199,11 +199,8 @@ def _take(trace: Trace, idx: np.ndarray, offsets: np.ndarray, path: str) -> Trac
     """The trace's rows ``idx`` (prompts re-cut by ``offsets``), every drafter."""
     return dataclasses.replace(
         trace, offsets=offsets, token_id=trace.token_id[idx],
-        verifier_entropy=trace.verifier_entropy[idx], match=trace.match[:, idx],
-        signals={k: v[:, idx] for k, v in trace.signals.items()},
-        freerun={k: v[:, idx] for k, v in trace.freerun.items()},
-        accept={k: v[:, idx] for k, v in trace.accept.items()},
-        bias={k: v[:, idx] for k, v in trace.bias.items()}, path=path)
+        verifier_entropy=trace.verifier_entropy[idx], path=path,
+        **trace.map_drafter_arrays(lambda v: v[:, idx]))
 
 
 def truncate(trace: Trace, max_new: int) -> Trace:
