@@ -3,9 +3,15 @@
 ``gsm8k``: data/gsm8k/test.jsonl in file order; prompt ``gsm8k-<row>`` (0-based row), category
 "gsm8k", reference = the dataset answer (worked solution ending in ``#### <number>``).
 
-``specbench[:category]``: data/spec_bench/question.jsonl in file order, first turn only; prompt
+``specbench[:category]``: data/spec_bench/question.jsonl, first turn only; prompt
 ``specbench-<question_id>``, the row's category, reference = the first turn's reference if the
-row has one, else "". With ``:category`` only that category's rows are kept.
+row has one, else "". With ``:category`` only that category's rows are kept, in file order.
+The whole set comes in stratified order (``stratified``): the file lists its 13 categories one
+block after another, so its first N rows would hold only the first few; instead the i-th of a
+category's n rows gets the key (i + 1/2) / n and rows are sorted by key (file order breaks
+ties). Every prefix is then a proportional sample (each category within two prompts of its
+share; the first 48 hold all 13 categories), so a recording stopped part-way still covers
+every category in proportion.
 
 Scoring rule for GSM8K (``gsm8k_correct``): the reference number is the text after the last
 ``#### `` of the answer; the prediction is the last number in the generated text (optional sign,
@@ -20,6 +26,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Sequence
 
 from simulator.errors import EntrospecError
 
@@ -62,8 +69,19 @@ def _rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def stratified(categories: Sequence[str]) -> list[int]:
+    """Indices of ``categories`` interleaved so every prefix is proportional (module docstring)."""
+    seen: dict[str, int] = {}
+    rank = []
+    for c in categories:
+        rank.append(seen.get(c, 0))
+        seen[c] = rank[-1] + 1
+    keys = [((r + 0.5) / seen[c], i) for i, (c, r) in enumerate(zip(categories, rank))]
+    return [i for _, i in sorted(keys)]
+
+
 def load_prompts(spec: str, limit: int | None = None, data_dir: Path = DATA) -> list[Prompt]:
-    """The first ``limit`` prompts (all if None) of a dataset spec, in file order."""
+    """The first ``limit`` prompts (all if None) of a dataset spec, in the order stated above."""
     name, category = parse_spec(spec)
     rows = _rows(data_dir / FILES[name])
     if name == "gsm8k":
@@ -76,6 +94,8 @@ def load_prompts(spec: str, limit: int | None = None, data_dir: Path = DATA) -> 
         prompts = [Prompt(f"specbench-{r['question_id']}", r["turns"][0], r["category"],
                           str((r.get("reference") or [""])[0]))
                    for r in rows if category is None or r["category"] == category]
+        if category is None:
+            prompts = [prompts[i] for i in stratified([p.category for p in prompts])]
     if limit is not None:
         if limit < 1:
             raise DatasetError(f"--prompts {limit}: must be >= 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -93,7 +94,13 @@ def test_datasets():
     assert g[0].reference.rstrip().endswith("#### 18") and g[0].category == "gsm8k"
     qa = load_prompts("specbench:qa", 2)
     assert all(p.category == "qa" for p in qa) and qa[0].prompt_id.startswith("specbench-")
-    assert len(load_prompts("specbench")) == 480
+    every = load_prompts("specbench")
+    assert len(every) == 480 and len({p.prompt_id for p in every}) == 480
+    for n in range(1, 481):  # every prefix is proportional, to rounding
+        head = [p.category for p in every[:n]]
+        for cat, size in Counter(p.category for p in every).items():
+            assert abs(head.count(cat) - n * size / 480) < 2, (n, cat)
+    assert len(set(p.category for p in every[:48])) == 13
     for spec, msg in (("mmlu", "unknown"), ("gsm8k:x", "only specbench"),
                       ("specbench:poetry", "unknown category")):
         with pytest.raises(DatasetError, match=msg):
