@@ -249,7 +249,7 @@ def record(
         import torch
 
         torch.set_num_threads(threads)
-    loaded = pairs.load_pair(pair, dev, dt, folder)
+    loaded = pairs.load_pair(pair, dev, dt, folder, progress=progress)
     ids = [loaded.encode(p.text) for p in selected]
     command = ["validate", "record", "--pair", pair, "--dataset", dataset, "--prompts",
                str(len(selected)), "--max-new-tokens", str(max_new_tokens), "--temperature",

@@ -230,9 +230,16 @@ def _load_hub(pair: Pair, device: str, dtype: Any) -> LoadedPair:
 
 
 def load_pair(name: str, device: str = "cpu", dtype: Any = None,
-              drafters_dir: Path = DRAFTERS_DIR) -> LoadedPair:
-    """Check then load a pair by name (eval mode, no gradients). dtype: torch dtype or None."""
+              drafters_dir: Path = DRAFTERS_DIR, progress: bool = True) -> LoadedPair:
+    """Check then load a pair by name (eval mode, no gradients). dtype: torch dtype or None.
+
+    progress=False also silences transformers' weight-loading bars (for logs and --json).
+    """
     import torch
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
 
     pair = get_pair(name)
     check_available(pair, drafters_dir)

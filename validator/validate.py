@@ -437,7 +437,7 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
         log(f"no profile {prof}: calibrating {pair} on {device} first")
         calibrate(pair, device=device, out=prof, threads=threads or None, progress=progress)
     latency = load_profile(_shown(prof))
-    loaded = pairs.load_pair(pair, device, dtype, folder)
+    loaded = pairs.load_pair(pair, device, dtype, folder, progress=progress)
     ids = [loaded.encode(p.text) for p in selected]
     cfg = RecordConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     cfg.check()

@@ -315,3 +315,36 @@ def test_simulator_reads_and_runs_the_trace(traces):
 ])
 def test_gsm8k_scoring_rule(generated, reference, ok):
     assert gsm8k_correct(generated, reference) is ok
+
+
+def test_roomy_cache_decodes_bit_identically_to_dynamic_cache(models):
+    """The free-runs' preallocated cache: same logits, to the bit, as transformers' own, on a
+    masked, left-padded batch sliced from a longer cache (as freerun builds it)."""
+    from transformers.cache_utils import Cache, DynamicCache
+
+    from validator.record import RoomyLayer
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (3, 40), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0  # left padding
+    with torch.no_grad():
+        full = models.verifier(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        cols, k = 31, 6
+        data = [(layer.keys[:, :, :cols], layer.values[:, :, :cols]) for layer in full.layers]
+        caches = [DynamicCache(ddp_cache_data=data),
+                  Cache(layers=[RoomyLayer(kk, vv, k) for kk, vv in data])]
+        logits = []
+        for cache in caches:
+            m, tok, out = mask[:, :cols].clone(), ids[:, cols], []
+            for j in range(k):
+                m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
+                pos = m.sum(-1, keepdim=True) - 1
+                o = models.verifier(input_ids=tok[:, None], attention_mask=m, position_ids=pos,
+                                    past_key_values=cache, use_cache=True)
+                out.append(o.logits[:, -1])
+                tok = o.logits[:, -1].argmax(-1)
+            logits.append(torch.stack(out))
+        assert torch.equal(logits[0], logits[1])
+        with pytest.raises(RuntimeError, match="overflow"):
+            caches[1].layers[0].update(data[0][0][:, :, :1], data[0][1][:, :, :1])
