@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .engines import ENGINES, PLACEMENTS, simulate
 from .errors import EntrospecError, LatencyError, PolicyError
@@ -20,8 +21,43 @@ from .latency import LatencyModel, parse_latency
 from .policies import REGISTRY, make, names
 from .trace import Trace, read_meta, read_trace, schema_markdown
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+def one_line_errors(prog: str) -> type[TyperGroup]:
+    """A command group whose usage errors (bad flags, values, commands) and EntrospecErrors
+    print as one line ``PROG: error: ...`` on stderr with exit 2 (help still exits 0)."""
+
+    class OneLineErrors(TyperGroup):
+        def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+                 complete_var: str | None = None, standalone_mode: bool = True,
+                 windows_expand_args: bool = True, **extra: Any) -> Any:
+            try:
+                rv = super().main(args=args, prog_name=prog_name or prog,
+                                  complete_var=complete_var, standalone_mode=False,
+                                  windows_expand_args=windows_expand_args, **extra)
+            except typer.TyperException as exc:
+                text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+                typer.echo(f"{prog}: error: {' '.join(text.split())}", err=True)
+                sys.exit(2)
+            except EntrospecError as exc:
+                typer.echo(f"{prog}: error: {exc}", err=True)
+                sys.exit(2)
+            except typer.Abort:
+                sys.exit(1)
+            if not standalone_mode:
+                return rv
+            sys.exit(rv if isinstance(rv, int) else 0)
+
+    return OneLineErrors
+
+
+app = typer.Typer(cls=one_line_errors("sim"), add_completion=False, invoke_without_command=True,
                   help="Replay speculative-decoding traces through latency models.")
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:  # bare ``sim``: the help
+        typer.echo(ctx.get_help())
 out = Console()
 err = Console(stderr=True)
 
@@ -150,6 +186,7 @@ Drafter_ = Annotated[list[str] | None, typer.Option(
                       "the trace's order; single-drafter policies use the first)")]
 Seed_ = Annotated[int, typer.Option("--seed", help="seed of the acceptance draws (sampled "
                                                     "traces)")]
+Progress_ = Annotated[bool, typer.Option(help="progress bar on stderr (when it is a terminal)")]
 
 
 @app.command()
@@ -191,7 +228,7 @@ def sweep(trace: Annotated[list[Path], typer.Option("--trace", help="trace file 
           latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0,
           workers: Annotated[int, typer.Option(help="processes (0 = all cores)")] = 0,
           top: Annotated[int, typer.Option(help="best configurations to print")] = 5,
-          drafter: Drafter_ = None) -> None:
+          drafter: Drafter_ = None, progress: Progress_ = True) -> None:
     """Evaluate a parameter grid on all cores; write results; print best and Pareto front."""
     from .sweep import best, pareto_front, parse_grid, run_sweep, write_rows
     g = parse_grid(grid)
@@ -203,7 +240,7 @@ def sweep(trace: Annotated[list[Path], typer.Option("--trace", help="trace file 
     total = len(paths) * int(__import__("math").prod(len(v) for v in g.values()))
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                  disable=not err.is_terminal) as prog:
+                  disable=not (progress and err.is_terminal)) as prog:
         task = prog.add_task(f"sweep {policy}", total=total)
         rows = run_sweep(paths, policy, g, lat, seed, workers or None, drafters=drafter,
                          progress=lambda done, _t: prog.update(task, completed=done))
@@ -273,7 +310,7 @@ def report(trace: Annotated[list[Path], typer.Option("--trace", help="trace file
            latency: Latency_ = DEFAULT_LATENCY, pair: Pair_ = None, seed: Seed_ = 0,
            validate: Annotated[list[Path] | None, typer.Option(
                "--validate", help="validate.json of `validate --pair` (repeatable)")] = None,
-           drafter: Drafter_ = None) -> None:
+           drafter: Drafter_ = None, progress: Progress_ = True) -> None:
     """Write a Markdown report with PNG figures: the seeds' experiments on the traces, and
     predicted vs measured from `validate` results."""
     from .report import build_report, report_command
@@ -282,7 +319,8 @@ def report(trace: Annotated[list[Path], typer.Option("--trace", help="trace file
     lats = [latency_for(latency, read_meta(p), pair) for p in paths]
     cmd = report_command(paths, str(out_dir), latency, DEFAULT_LATENCY, pair, seed, checks,
                          drafter or [])
-    index = build_report(paths, lats, out_dir, seed, cmd, validations=checks, drafters=drafter)
+    index = build_report(paths, lats, out_dir, seed, cmd, progress=progress, validations=checks,
+                         drafters=drafter)
     out.print(f"wrote {index}")
 
 

@@ -8,44 +8,16 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
+from simulator.cli import one_line_errors
 from simulator.errors import EntrospecError
 
-
-def _fail(msg: str) -> None:
-    typer.echo(f"validate: error: {msg}", err=True)
-    sys.exit(2)
-
-
-class OneLineErrors(TyperGroup):
-    """Click/typer usage errors and EntrospecErrors as ``validate: error: ...``, exit 2."""
-
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True,
-             windows_expand_args: bool = True, **extra: Any) -> Any:
-        try:
-            rv = super().main(args=args, prog_name=prog_name or "validate",
-                              complete_var=complete_var, standalone_mode=False,
-                              windows_expand_args=windows_expand_args, **extra)
-        except typer.TyperException as exc:  # usage errors: bad flags, values, commands
-            text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-            _fail(" ".join(text.split()))
-        except EntrospecError as exc:
-            _fail(str(exc))
-        except typer.Abort:
-            sys.exit(1)
-        if not standalone_mode:
-            return rv
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-app = typer.Typer(cls=OneLineErrors, add_completion=False, invoke_without_command=True,
+app = typer.Typer(cls=one_line_errors("validate"), add_completion=False,
+                  invoke_without_command=True,
                   help="Record traces from real models and check the simulator against them.")
 
 

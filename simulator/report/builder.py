@@ -130,6 +130,15 @@ def header(ctxs: list[TraceCtx], paths: Sequence[str], g: Grids, seed: int, comm
         out += [f"> **SYNTHETIC.** {', '.join(synthetic)}: synthetic trace(s) (i.i.d. "
                 "acceptance, made-up entropies). Every number and figure below demonstrates "
                 "the report's format; none says anything about real models.", ""]
+    for c in ctxs:
+        part = c.trace.meta.get("partial")
+        if isinstance(part, dict):
+            args = c.trace.meta.get("record_args")
+            total = args.get("n_prompts") if isinstance(args, dict) else None
+            of = f" of the {total} its recording covers" if total else ""
+            out += [f"> **PARTIAL.** {c.label}: the first {c.trace.n_prompts} prompts{of} (an "
+                    "unfinished recording's leading groups); every number below is for those "
+                    "prompts only.", ""]
     if command:
         out += ["Made by:", "", "```bash", command, "```", "",
                 "Same traces, same options: the same bytes (fixed seeds, no timestamps).", ""]

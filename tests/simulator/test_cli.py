@@ -75,6 +75,9 @@ def test_sweep_writes_parquet_and_csv(trace, tmp_path):
     (["sweep", "--policy", "fixed", "--grid", "k=2", "--drafter", "nope"], "no drafter 'nope'"),
     (["sweep", "--policy", "fixed", "--grid", "k=3:1:1"], "a <= b"),
     (["synth", "--alpha", "1.5", "--tokens", "10", "--out", "x.parquet"], "--alpha"),
+    (["run", "--frobnicate"], "No such option: --frobnicate"),  # usage errors too
+    (["run", "--k-max", "x"], "No such option"),
+    (["frobnicate"], "No such command"),
 ])
 def test_bad_input_is_one_line_exit_2(trace, args, message):
     if "--trace" not in args and args[0] in ("run", "sweep"):
@@ -84,6 +87,11 @@ def test_bad_input_is_one_line_exit_2(trace, args, message):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("sim: error:") and message in lines[0], \
         res.stderr
+
+
+def test_bare_sim_prints_help():
+    res = runner.invoke(app, [])
+    assert res.exit_code == 0 and "Usage:" in res.stdout and "report" in res.stdout
 
 
 def test_same_seed_same_bytes(trace, tmp_path):

@@ -53,7 +53,8 @@ def categorized_trace(path: Path) -> str:
     cols["correct"] = pa.array([i % 2 == 0 for i in idx])
     meta = {"verifier": {"name": "v"}, "drafters": [{"name": "synth-d0"}, {"name": "synth-d1"}],
             "dataset": "test", "decoding": "greedy", "k_max": 8, "hardware": None,
-            "recorded": "1970-01-01", "synthetic": True}
+            "recorded": "1970-01-01", "synthetic": True,
+            "partial": {"groups": 3, "prompts": 9}, "record_args": {"n_prompts": 30}}
     write_trace(path, cols, meta)
     return str(path)
 
@@ -80,6 +81,7 @@ def test_every_section_and_figure(reports):
     assert sorted(p.name for p in (out / "fig").iterdir()) == sorted(Path(f).name
                                                                     for f in figures)
     assert "SYNTHETIC" in text and "const:draft=0.1,verify=1" in text
+    assert "**PARTIAL.** cat: the first 9 prompts of the 30 its recording covers" in text
     # the trace has categories, correctness and two drafters: nothing is missing
     for what in ("accuracy: not available", "cross-task comparison: not available",
                  "routing: not available", "H2: not available", "H3: not available"):
@@ -108,6 +110,7 @@ def test_missing_inputs_are_said_not_invented(tmp_path):
                  "routing: not available", "H2: not available", "H3: not available",
                  "validation: not available"):
         assert what in text, what
+    assert "PARTIAL" not in text
     assert f"--trace {trace}" in text
     for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (tmp_path / "r" / rel).is_file()
