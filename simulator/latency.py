@@ -85,15 +85,18 @@ Piece = tuple[int, float, np.ndarray]  # (lowest new, highest new or inf, coef)
 @dataclass(frozen=True)
 class Profile:
     """A measured profile: per role, ``linear_form`` coefficients fitted to timings, or pieces
-    of them by number of new tokens (then those price)."""
+    of them by number of new tokens (then those price), times a measured factor for the values
+    of new whose kernels sit off the line (``factors``: role -> {new: factor}; with pieces)."""
 
     path: str
     coefs: dict[str, np.ndarray]
     pieces: dict[str, list[Piece]] = field(default_factory=dict)
+    factors: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @cached_property
     def source(self) -> str:
-        return f"profile:{self.path}" + (" (piecewise in new)" if self.pieces else "")
+        how = " (piecewise in new" + (", per-new factors)" if self.factors else ")")
+        return f"profile:{self.path}" + (how if self.pieces else "")
 
     def seconds(self, model: str, new: np.ndarray, context: np.ndarray) -> np.ndarray:
         if model not in self.coefs:
@@ -106,6 +109,8 @@ class Profile:
         for lo, hi, coef in self.pieces[model]:  # running max: never cheaper with more tokens
             at = linear_form(coef, np.minimum(n, hi), context)
             out = np.where(n >= lo, np.maximum(out, at), out)
+        for new_at, factor in self.factors.get(model, {}).items():  # measured kernel effects
+            out = np.where(n == new_at, out * factor, out)
         return out
 
 
@@ -137,6 +142,20 @@ def _pieces(path: str, role: str, raw: Any) -> list[Piece]:
     return out
 
 
+def _factors(path: str, role: str, raw: Any) -> dict[int, float]:
+    """Validated per-new factors: {"3": 1.24, ...}, keys positive integers, values > 0."""
+    if not isinstance(raw, dict):
+        raise LatencyError(f"{path}: model {role!r}: new_factors must be an object")
+    out = {}
+    for key, value in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) >= 1
+                and isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise LatencyError(f"{path}: model {role!r}: new_factors needs positive integer "
+                               f"keys and positive factors, got {key!r}: {value!r}")
+        out[int(key)] = float(value)
+    return out
+
+
 def load_profile(path: str) -> Profile:
     p = Path(path)
     if not p.is_file():
@@ -149,7 +168,7 @@ def load_profile(path: str) -> Profile:
         got = doc.get("schema") if isinstance(doc, dict) else None
         raise LatencyError(f"{path}: profile schema {got!r}; this entrospec reads "
                            f"{PROFILE_SCHEMA!r}")
-    coefs, pieces = {}, {}
+    coefs, pieces, factors = {}, {}, {}
     models = doc.get("models", {})
     for role, entry in (models.items() if isinstance(models, dict) else []):
         if not isinstance(entry, dict):
@@ -157,9 +176,11 @@ def load_profile(path: str) -> Profile:
         coefs[role] = _coef(path, role, entry.get("coef"))
         if "pieces" in entry:
             pieces[role] = _pieces(path, role, entry["pieces"])
+            factors[role] = _factors(path, role, entry.get("new_factors", {}))
     if "verifier" not in coefs:
         raise LatencyError(f"{path}: profile has no 'verifier' model")
-    return Profile(path=str(path), coefs=coefs, pieces=pieces)
+    return Profile(path=str(path), coefs=coefs, pieces=pieces,
+                   factors={r: f for r, f in factors.items() if f})
 
 
 # ---- roofline -------------------------------------------------------------------------------

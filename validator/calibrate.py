@@ -21,6 +21,13 @@ more tokens or context; every third point held out):
           ``piece_plan``): on CPU one token runs matrix-vector kernels and skips the attention
           mask, so the cost jumps between new = 1 and 2; "pieces_heldout" gives its held-out
           errors.
+  new_factors  per grid value of new, a factor on the pieces' price where the CPU's kernels
+          make that width consistently dearer or cheaper than the line through its neighbours
+          (3 new tokens cost ~24% more than the verifier's piece, and more than 4 do): the
+          median ratio measured / piece over the training contexts, kept only where every one
+          of them (>= 5) lies on the same side of 1 and the median is >= FACTOR_MIN away from 1
+          (smaller effects are within the machine's noise). Values of new off the grid get
+          none. "pieces_heldout" includes them.
 Other batch sizes (GPU) get their own fits under "by_batch"; the top level is the smallest.
 
 Probe: after every (point, sweep) the verifier's one-token ``verify_step`` at context
@@ -54,12 +61,15 @@ from simulator.latency import CONFIG_DIR, PROFILE_SCHEMA, linear_form, load_mode
 
 FORM = "a + b*new + c*context + d*new*context"
 PIECES_FORM = ("piecewise in new: 'pieces' = [{'new': [lo, hi], 'coef': [a, b, c, d]}, ...] "
-               "(hi null = no bound); seconds = linear form with the piece holding new")
+               "(hi null = no bound); seconds = linear form with the piece holding new, times "
+               "'new_factors'[str(new)] where the role has one")
 DTYPES = ("float32", "float16", "bfloat16")
 PREFILL_CHUNK = 512  # tokens per pre-fill forward (bounds attention memory)
 DEFAULT_NEW = (1, 2, 3, 4, 6, 8, 12, 17)
 LONG_NEW = (32, 96, 256)  # prefill / catch-up lengths (fitted as their own piece only)
 LONG_CONTEXT = (0, 512, 2048)
+FACTOR_MIN = 0.1  # smallest per-new correction applied (relative; the machine's noise is ~10%)
+FACTOR_POINTS = 5  # training contexts a per-new correction needs, all on one side of 1
 QUIET_CORES = 0.1  # other processes may keep at most this many cores busy during a point
 PROBE_CONTEXT = 256  # tokens in the probe's KV cache (Probe)
 TOPK = 10  # k of the decoder's "topk" signal (validator.decoder default)
@@ -373,9 +383,35 @@ def piece_plan(news: Sequence[int]) -> list[tuple[int, int | None, tuple[int, ..
     return [(1, 1, (1,)), *([(2, top, inner)] if inner else []), (top + 1, None, ())]
 
 
+def new_factors(pieces: list[dict[str, Any]], points: list[dict[str, Any]]) -> dict[str, float]:
+    """{str(new): factor} for the grid values of new whose timings sit consistently off the
+    pieces (module docstring: FACTOR_MIN, FACTOR_POINTS); ``points`` are training grid points."""
+    out = {}
+    for n in sorted({p["new"] for p in points}):
+        at = [p for p in points if p["new"] == n]
+        ratio = np.array([p["median_s"] for p in at]) / piecewise_seconds(
+            pieces, np.array([n] * len(at)), np.array([p["context"] for p in at]))
+        r = float(np.median(ratio))
+        if len(at) >= FACTOR_POINTS and ((ratio > 1).all() or (ratio < 1).all()) \
+                and abs(r - 1) >= FACTOR_MIN:
+            out[str(n)] = r
+    return out
+
+
+def factored_seconds(pieces: list[dict[str, Any]], factors: dict[str, float], new: np.ndarray,
+                     context: np.ndarray) -> np.ndarray:
+    """``piecewise_seconds`` times the factor of each value of new that has one."""
+    n = np.asarray(new, dtype=np.float64)
+    f = np.ones_like(n)
+    for key, value in factors.items():
+        f = np.where(n == int(key), value, f)
+    return piecewise_seconds(pieces, n, context) * f
+
+
 def fit_points(points: list[dict[str, Any]]) -> dict[str, Any]:
     """Fit one role's points (every third grid and every third long point held out): the linear
-    form over the grid ("coef") and the pieces of ``piece_plan`` ("pieces")."""
+    form over the grid ("coef"), the pieces of ``piece_plan`` ("pieces") and their per-new
+    corrections ("new_factors")."""
     def cols(pts: list[dict[str, Any]]) -> list[np.ndarray]:
         return [np.array([p[k] for p in pts], dtype=np.float64)
                 for k in ("new", "context", "median_s")]
@@ -406,12 +442,15 @@ def fit_points(points: list[dict[str, Any]]) -> dict[str, Any]:
     def lin(n: np.ndarray, c: np.ndarray) -> np.ndarray:
         return linear_form(coef, n, c)
 
+    factors = new_factors(pieces, train["grid"])
+
     def pw(n: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return piecewise_seconds(pieces, n, c)
+        return factored_seconds(pieces, factors, n, c)
 
     return {"coef": [float(x) for x in coef], "heldout": errors(lin, held["grid"]),
             "fit_error": errors(lin, train["grid"]), "prefill_check": errors(lin, parts["long"]),
-            "pieces": pieces, "pieces_heldout": {k: errors(pw, v) for k, v in held.items()}}
+            "pieces": pieces, "new_factors": factors,
+            "pieces_heldout": {k: errors(pw, v) for k, v in held.items()}}
 
 
 # ---- driver --------------------------------------------------------------------------------
@@ -632,7 +671,8 @@ def refit_profile(path: str | Path) -> dict[str, Any]:
         for b, fit in m.get("by_batch", {}).items():
             m["by_batch"][b] = {**fit_points(fit["points"]), "points": fit["points"]}
     doc["refit"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pieces": PIECES_FORM,
-                    "plan": "validator.calibrate.piece_plan"}
+                    "plan": "validator.calibrate.piece_plan",
+                    "new_factors": "validator.calibrate.new_factors"}
     write_profile(path, doc)
     return doc
 

@@ -241,6 +241,40 @@ def record(
                f"tokens/s ({stages})")
 
 
+@app.command()
+def reprice(
+    source: Annotated[Path, typer.Argument(help="validate.json of a `validate --pair` run")],
+    profile: Annotated[Path | None, typer.Option(
+        help="latency profile (default: the one the result was priced with)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="report folder (default: the folder of SOURCE, rewritten)")] = None,
+) -> None:
+    """Re-price a validate result with a (re-fitted) profile: same trace and measurements, new
+    predictions and errors; no model runs."""
+    import json
+
+    from .validate import ValidateError
+    from .validate import reprice as run_reprice
+
+    if not source.is_file():
+        raise ValidateError(f"{source}: no such file")
+    if profile is None:
+        try:
+            pricing = str(json.loads(source.read_text()).get("pricing", ""))
+        except ValueError:
+            raise ValidateError(f"{source}: not a readable validate.json") from None
+        if not pricing.startswith("profile:"):
+            raise ValidateError(f"{source}: priced by {pricing!r}; pass --profile")
+        profile = Path(pricing.removeprefix("profile:").split(" (")[0])
+    command = shlex.join(["validate", *sys.argv[1:]])
+    doc = run_reprice(source, profile, out or source.parent, command)
+    s = doc["summary"]
+    typer.echo(f"{out or source.parent}: re-priced with {doc['pricing']}: median |error| of "
+               f"tokens/s {s['median_abs_error_tokens_per_second']:.1%}, max "
+               f"{s['max_abs_error_tokens_per_second']:.1%} over {s['configurations']} "
+               "configurations")
+
+
 def _attach_calibrate() -> None:
     from .calibrate import calibrate_cmd
 

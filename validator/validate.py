@@ -227,16 +227,29 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
     """Per policy: measured, predicted, error (and the greedy count check); plus a summary.
     With ``probes`` (run_real) and the profile's probe median: the speed-adjusted prediction
     and its error too (module docstring)."""
-    policies: dict[str, Any] = {}
-    base_m = measured_metrics(real[BASELINE])
-    base_p = predicted[BASELINE][0]
+    labels = [BASELINE, *(s.label for s in specs)]
     factors: dict[str, np.ndarray] = {}
     if probes and probe_reference_s is not None:
-        factors = {label: speed_factors(probes[label], probe_reference_s) for label in predicted}
+        factors = {label: speed_factors(probes[label], probe_reference_s) for label in labels}
+    checks = {label: greedy_check(trace, real[label], predicted[label][1])
+              for label in labels} if greedy else None
+    return compare_metrics(trace, specs, {label: measured_metrics(real[label]) for label in labels},
+                           predicted, checks, factors, probe_reference_s)
+
+
+def compare_metrics(trace: Any, specs: Sequence[PolicySpec], measured: dict[str, dict[str, Any]],
+                    predicted: dict[str, tuple[dict[str, Any], Any]],
+                    checks: dict[str, dict[str, Any]] | None, factors: dict[str, np.ndarray],
+                    probe_reference_s: float | None = None) -> dict[str, Any]:
+    """``compare`` from measured metrics (``measured_metrics``), greedy checks and per-run speed
+    factors already at hand: what ``reprice`` re-runs with another latency model."""
+    policies: dict[str, Any] = {}
+    base_m = measured[BASELINE]
+    base_p = predicted[BASELINE][0]
     adj = {label: adjusted_tokens_per_second(trace, predicted[label][1], f)
            for label, f in factors.items()}
     for spec in [PolicySpec(BASELINE, "fixed", {"k": "0"}), *specs]:
-        m = measured_metrics(real[spec.label])
+        m = dict(measured[spec.label])
         p_full, rounds = predicted[spec.label]
         p = {k: p_full[k] for k in ("tokens", "time_s", *METRICS, "drafted_tokens",
                                     "accepted_tokens", "verifier_calls")}
@@ -249,12 +262,12 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
             tps, f = adj[spec.label], factors[spec.label]
             entry["adjusted"] = {
                 "speed_factor_mean": float(f.mean()), "speed_factor_min": float(f.min()),
-                "speed_factor_max": float(f.max()), "tokens_per_second": tps,
-                "speedup": tps / adj[BASELINE],
+                "speed_factor_max": float(f.max()), "speed_factors": f.tolist(),
+                "tokens_per_second": tps, "speedup": tps / adj[BASELINE],
                 "error_tokens_per_second": rel_error(tps, m["tokens_per_second"]),
                 "error_speedup": rel_error(tps / adj[BASELINE], m["speedup"])}
-        if greedy:
-            entry["greedy"] = greedy_check(trace, real[spec.label], rounds)
+        if checks is not None:
+            entry["greedy"] = checks[spec.label]
         policies[spec.label] = entry
     errs = [abs(e["error"]["tokens_per_second"]) for e in policies.values()]
     summary: dict[str, Any] = {"configurations": len(policies),
@@ -267,10 +280,60 @@ def compare(trace: Any, specs: Sequence[PolicySpec], real: dict[str, list[Any]],
         summary["probe_reference_s"] = probe_reference_s
         every = np.concatenate(list(factors.values()))
         summary["speed_factor_range"] = [float(every.min()), float(every.max())]
-    if greedy:
+    if checks is not None:
         summary["greedy_counts_equal"] = all(e["greedy"]["greedy_counts_equal"]
                                              for e in policies.values())
     return {"policies": policies, "summary": summary}
+
+
+def reprice(source: Path, profile: Path, out: Path, command: str = "") -> dict[str, Any]:
+    """Re-price a ``validate --pair`` result with another latency profile: the same trace and
+    policies through the simulator, compared with the measurements stored in ``source``
+    (validate.json); nothing runs on the models. Speed-adjusted errors are recomputed where the
+    result stores its per-run speed factors. Writes validate.json, report.md and the plot to
+    ``out``."""
+    from simulator.latency import load_profile
+    from simulator.trace import read_trace
+
+    try:
+        doc = json.loads(source.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValidateError(f"{source}: not a readable validate.json ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("policies"), dict) \
+            or BASELINE not in doc["policies"] or "trace" not in doc:
+        raise ValidateError(f"{source}: not a validate.json of `validate --pair`")
+    if doc.get("timing_only"):
+        raise ValidateError(f"{source}: a --timing-only result; re-run it to re-price")
+    trace_path = Path(doc["trace"])
+    if not trace_path.is_file():
+        raise ValidateError(f"{source}: its trace {trace_path} is missing")
+    if not profile.is_file():
+        raise ValidateError(f"--profile {profile}: no such file")
+    trace = read_trace(str(trace_path), doc.get("drafters"))
+    entries = {k: v for k, v in doc["policies"].items() if k != BASELINE}
+    specs = [PolicySpec(label, e["policy"], {k: str(v) for k, v in e["params"].items()})
+             for label, e in entries.items()]
+    latency = load_profile(_shown(profile))
+    predicted = predict(trace, specs, latency, int(doc.get("seed", 0)))
+    every = doc["policies"]
+    stored = [e.get("adjusted", {}).get("speed_factors") for e in every.values()]
+    factors = {label: np.asarray(f) for label, f in zip(every, stored, strict=True)} \
+        if all(f is not None for f in stored) else {}
+    checks = {label: e["greedy"] for label, e in every.items()} \
+        if all("greedy" in e for e in every.values()) else None
+    reference = doc.get("summary", {}).get("probe_reference_s")
+    measured = {label: {k: v for k, v in e["measured"].items() if k != "speedup"}
+                for label, e in every.items()}
+    result = compare_metrics(trace, specs, measured, predicted, checks, factors,
+                             reference if factors else None)
+    new = {**doc, "pricing": latency.source, **result,
+           "repriced": {"at": now(), "from": str(source), "pricing_before": doc.get("pricing"),
+                        "command": command,
+                        "note": "predictions re-priced with this profile; measurements are "
+                                "those of the original run" + ("" if factors else
+                                "; no per-run speed factors stored, so no adjusted errors")}}
+    write_report(new, out)
+    return new
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -344,8 +407,12 @@ def write_report(doc: dict[str, Any], folder: Path) -> Path:
              f"- trace: `{doc['trace']}` (recorded here, same prompts)",
              f"- pricing: `{doc['pricing']}`",
              f"- hardware: {doc['hardware']}",
-             f"- measured {doc['measured_at']}", "",
-             f"Median |error| of predicted tokens/s: **{med:.1%}**, max **{mx:.1%}** over "
+             f"- measured {doc['measured_at']}"]
+    if "repriced" in doc:
+        r = doc["repriced"]
+        lines.append(f"- re-priced {r['at']} by `{r['command']}` (pricing before: "
+                     f"`{r['pricing_before']}`): {r['note']}")
+    lines += ["", f"Median |error| of predicted tokens/s: **{med:.1%}**, max **{mx:.1%}** over "
              f"{s['configurations']} "
              "configurations (verifier-only included)."]
     if "greedy_counts_equal" in s:
@@ -472,7 +539,8 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
 
     doc = {"pair": pair, "device": device, "dataset": dataset, "prompts": len(selected),
            "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-           "trace": _shown(trace_path), "pricing": latency.source, **host_info(device),
+           "trace": _shown(trace_path), "drafters": list(trace.drafters),
+           "pricing": latency.source, **host_info(device),
            "measured_at": now(), "command": command, **result}
     write_report(doc, out)
     return doc

@@ -62,6 +62,17 @@ def test_profile_pieces_price_by_new_tokens(tmp_path):
     got = lat.seconds("verifier", np.array([1, 2, 5, 6, 300]), np.array([0, 0, 0, 10, 10]))
     assert got.tolist() == pytest.approx([1.0, 2.2, 2.5, 3.01, 3.01])
     assert lat.source.endswith("(piecewise in new)")
+    doc["models"]["verifier"]["new_factors"] = {"2": 1.5, "6": 0.5}
+    path.write_text(json.dumps(doc))
+    lat = load_profile(str(path))
+    got = lat.seconds("verifier", np.array([1, 2, 5, 6, 300]), np.array([0, 0, 0, 10, 10]))
+    assert got.tolist() == pytest.approx([1.0, 3.3, 2.5, 1.505, 3.01])
+    assert lat.source.endswith("(piecewise in new, per-new factors)")
+    for bad in ({"0": 1.2}, {"x": 1.0}, {"3": -1.0}, [1.2]):
+        doc["models"]["verifier"]["new_factors"] = bad
+        path.write_text(json.dumps(doc))
+        with pytest.raises(LatencyError, match="new_factors"):
+            load_profile(str(path))
 
 
 @pytest.mark.parametrize("pieces", [

@@ -66,6 +66,24 @@ def test_fit_holds_out_every_third_point_and_fits_pieces() -> None:
         assert fit["pieces_heldout"][part]["max_rel_err"] < 1e-6
 
 
+def test_new_factors_follow_a_consistent_kernel_effect_and_ignore_noise() -> None:
+    """new = 3 costs 25% more than the line at every context (a kernel effect): it gets that
+    factor, held-out error included; +-5% noise around the line at other widths gets none."""
+    coef = np.array([9e-2, 2e-3, 2e-6, 1e-8])
+    noise = np.random.default_rng(0)
+    pts = []
+    for c in (4096, 2048, 1024, 512, 256, 128, 64, 32, 16):
+        for n in (2, 3, 4, 6, 8):
+            t = float(linear_form(coef, n, c)) * (1.25 if n == 3 else 1 + noise.uniform(-.05, .05))
+            pts.append({"new": n, "context": c, "piece": "grid", "median_s": t})
+    fit = fit_points(pts)
+    assert list(fit["new_factors"]) == ["3"]
+    assert 1.15 < fit["new_factors"]["3"] < 1.3
+    assert fit["pieces_heldout"]["grid"]["max_rel_err"] < 0.12
+    pts[1]["median_s"] /= 1.5  # one context of new = 3 on the other side: no longer consistent
+    assert "3" not in fit_points(pts)["new_factors"]
+
+
 def test_fit_refuses_too_few_points() -> None:
     with pytest.raises(CalibrationError):
         fit_linear(np.array([1]), np.array([16]), np.array([1e-3]))

@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 
 from typer.testing import CliRunner  # noqa: E402
 
+from simulator.errors import EntrospecError  # noqa: E402
 from simulator.latency import parse_latency  # noqa: E402
 from simulator.trace import read_trace  # noqa: E402
 from validator.cli import app  # noqa: E402
@@ -142,6 +143,8 @@ def test_policy_specs_and_errors() -> None:
     (["--pair", "smollm2-135m", "--policy", "nosuch"], "nosuch"),
     (["--pair", "0.5b-7b", "--device", "cpu"], "0.5b-7b"),
     (["--pair", "smollm2-135m", "--drafter", "nosuch-d9"], "--drafter 'nosuch-d9'"),
+    (["reprice", "no-such/validate.json"], "no such file"),
+    (["reprice", "pyproject.toml"], "not a readable validate.json"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(argv: list[str], needle: str, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "r")])
@@ -246,3 +249,47 @@ def test_speed_adjusted_prediction_scales_each_run_by_its_probe(setup, tmp_path:
     text = write_report(doc, tmp_path / "rep").read_text()
     assert "Speed-adjusted" in text and "| adjusted predicted tok/s |" in text
     assert "factors 2.00-2.00" in text
+
+
+def test_reprice_reuses_the_measurements_and_only_changes_the_prediction(setup,
+                                                                         tmp_path: Path) -> None:
+    """The same profile reproduces the stored result; a dearer verifier lowers every predicted
+    tokens/s while the measurements, greedy checks and speed factors stay as stored."""
+    from validator.validate import reprice
+
+    models, ids, trace = setup
+    specs = policy_specs(["fixed:k=2", "stop_absolute:theta=1.0,k=4"])
+    runs = len(ids) * (len(specs) + 1)
+    probes: dict = {}
+    real = run_real(models, trace.drafters, ids, specs, NEW, 0.0, seed=0,
+                    probe=FakeProbe([0.2] * (runs + 1)), probes=probes)
+    profiles = {}
+    for name, verify in (("a", 0.1), ("b", 0.3)):
+        profiles[name] = tmp_path / f"{name}.json"
+        profiles[name].write_text(json.dumps({"schema": "entrospec-profile/1", "models": {
+            "verifier": {"coef": [verify, 0.01, 0, 0]}, "d0": {"coef": [0.01, 0, 0, 0]},
+            "d1": {"coef": [0.02, 0, 0, 0]}}}))
+    from simulator.latency import load_profile
+
+    lat = load_profile(str(profiles["a"]))
+    result = compare(trace, specs, real, predict(trace, specs, lat, 0), True, probes, 0.1)
+    doc = {"pair": "tiny", "device": "cpu", "dataset": "tiny", "prompts": len(ids),
+           "max_new_tokens": NEW, "temperature": 0.0, "seed": 0, "trace": trace.path,
+           "drafters": list(trace.drafters), "pricing": lat.source,
+           "hardware": {"device": "cpu"}, "measured_at": "then", "command": "validate --pair x",
+           **result}
+    write_report(doc, tmp_path / "orig")
+    same = reprice(tmp_path / "orig" / "validate.json", profiles["a"], tmp_path / "same")
+    stored = json.loads((tmp_path / "orig" / "validate.json").read_text())
+    assert same["policies"] == stored["policies"] and same["summary"] == stored["summary"]
+    dear = reprice(tmp_path / "orig" / "validate.json", profiles["b"], tmp_path / "dear", "cmd")
+    for label, e in dear["policies"].items():
+        old = stored["policies"][label]
+        assert e["measured"] == old["measured"] and e["greedy"] == old["greedy"]
+        assert e["adjusted"]["speed_factors"] == old["adjusted"]["speed_factors"]
+        assert e["predicted"]["tokens_per_second"] < old["predicted"]["tokens_per_second"]
+    assert dear["repriced"]["pricing_before"] == lat.source and dear["measured_at"] == "then"
+    assert "re-priced" in (tmp_path / "dear" / "report.md").read_text()
+    with pytest.raises(EntrospecError, match="not a validate.json"):
+        (tmp_path / "bad.json").write_text("{}")
+        reprice(tmp_path / "bad.json", profiles["a"], tmp_path / "x")
