@@ -76,7 +76,7 @@ def stratified(categories: Sequence[str]) -> list[int]:
     for c in categories:
         rank.append(seen.get(c, 0))
         seen[c] = rank[-1] + 1
-    keys = [((r + 0.5) / seen[c], i) for i, (c, r) in enumerate(zip(categories, rank))]
+    keys = [((r + 0.5) / seen[c], i) for i, (c, r) in enumerate(zip(categories, rank, strict=True))]
     return [i for _, i in sorted(keys)]
 
 

@@ -326,9 +326,11 @@ class RoomyLayer(DynamicLayer):
         self.dtype, self.device, self.is_initialized, self.n = keys.dtype, keys.device, True, 0
         self._advance(n)
 
-    def _advance(self, n: int) -> None:
+    def _advance(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.n += n
-        self.keys, self.values = self.buf_k[:, :, :self.n], self.buf_v[:, :, :self.n]
+        keys, values = self.buf_k[:, :, :self.n], self.buf_v[:, :, :self.n]
+        self.keys, self.values = keys, values
+        return keys, values
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,8 +339,7 @@ class RoomyLayer(DynamicLayer):
             raise RuntimeError(f"RoomyLayer: {n} new columns overflow its room")
         self.buf_k[:, :, self.n:self.n + n] = key_states
         self.buf_v[:, :, self.n:self.n + n] = value_states
-        self._advance(n)
-        return self.keys, self.values
+        return self._advance(n)
 
 
 @torch.inference_mode()

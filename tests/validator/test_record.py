@@ -337,7 +337,7 @@ def test_roomy_cache_decodes_bit_identically_to_dynamic_cache(models):
         logits = []
         for cache in caches:
             m, tok, out = mask[:, :cols].clone(), ids[:, cols], []
-            for j in range(k):
+            for _ in range(k):
                 m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
                 pos = m.sum(-1, keepdim=True) - 1
                 o = models.verifier(input_ids=tok[:, None], attention_mask=m, position_ids=pos,
