@@ -249,73 +249,12 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@torch.inference_mode()
-def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, models: Models,
-             uniforms: torch.Tensor | None, on_step: Callable[[int], None] | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Verifier generation: (tokens (B, T) padded, lengths (B,) incl. EOS, logits (B, T, V))."""
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, models.pad_id, device)
-    eos = torch.tensor(models.eos_ids, device=device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
-                logits_to_keep=1)
-    nxt = mask.sum(-1, keepdim=True)
-    n, steps = len(prompts), cfg.max_new_tokens
-    tokens = torch.full((n, steps), models.pad_id, dtype=torch.long, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    buf: torch.Tensor | None = None
-    for s in range(steps):
-        logit = out.logits[:, -1]
-        if buf is None:
-            buf = torch.empty((n, steps, logit.shape[-1]), dtype=logit.dtype, device=device)
-        buf[:, s] = logit
-        if cfg.greedy:
-            tok = logit.float().argmax(-1)
-        else:
-            probs = torch.softmax(logit.float() / cfg.temperature, -1)
-            tok = sample(probs, uniforms[:, s].to(device))  # type: ignore[index]
-        tok = torch.where(done, models.pad_id, tok)
-        tokens[:, s] = tok
-        lengths += (~done).long()
-        if on_step is not None:
-            on_step(int((~done).sum()))
-        done |= torch.isin(tok, eos)
-        if s == steps - 1 or bool(done.all()):
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt,
-                    past_key_values=out.past_key_values, use_cache=True)
-        nxt = nxt + 1
-    width = int(lengths.max())
-    assert buf is not None
-    return tokens[:, :width], lengths, buf[:, :width]
-
-
-@torch.inference_mode()
-def teacher_force(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Tensor,
-                  lengths: torch.Tensor, pad: int) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """Drafter over prompt + y: (logits (B, T, V) at the positions predicting y_t, cache, mask).
-
-    Layout: left-padded prompts (width L), then y_0..y_{T-2}; column L-1+t predicts y_t.
-    """
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad, device)
-    width = tokens.shape[1]
-    gen_mask = (torch.arange(width - 1, device=device)[None] < (lengths[:, None] - 1)).long()
-    ids = torch.cat([ids, tokens[:, :width - 1]], 1)
-    mask = torch.cat([mask, gen_mask], 1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
-                logits_to_keep=width)
-    return out.logits, out.past_key_values, mask
-
-
 class RoomyLayer(DynamicLayer):
     """A DynamicLayer over a buffer with ``room`` spare columns: ``update`` writes the new keys
-    and values in place instead of concatenating. A free-run appends K_max columns to a cache of
-    up to thousands (a long prompt): DynamicLayer's torch.cat copied all of it at every step,
-    ~40% of the recording's time on Spec-Bench prompts (py-spy). Attention sees the same values
-    in the same shapes."""
+    and values in place instead of concatenating. Generation and free-runs append one column per
+    step to caches of up to thousands (long prompts): DynamicLayer's torch.cat copied all of it
+    at every step, ~40% of the free-runs' and ~16% of generation's time on Spec-Bench prompts
+    (py-spy). Attention sees the same values in the same shapes (bit-identical: tests)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
         super().__init__()
@@ -342,6 +281,73 @@ class RoomyLayer(DynamicLayer):
         return self._advance(n)
 
 
+def roomy(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int) -> Cache:
+    """A cache of RoomyLayers holding (keys, values) per layer, with ``room`` spare columns."""
+    return Cache(layers=[RoomyLayer(k, v, room) for k, v in layers])
+
+
+@torch.inference_mode()
+def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, models: Models,
+             uniforms: torch.Tensor | None, on_step: Callable[[int], None] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Verifier generation: (tokens (B, T) padded, lengths (B,) incl. EOS, logits (B, T, V))."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, models.pad_id, device)
+    eos = torch.tensor(models.eos_ids, device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
+                logits_to_keep=1)
+    n, steps = len(prompts), cfg.max_new_tokens
+    cache = roomy([(layer.keys, layer.values) for layer in out.past_key_values.layers], steps)
+    nxt = mask.sum(-1, keepdim=True)
+    tokens = torch.full((n, steps), models.pad_id, dtype=torch.long, device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    buf: torch.Tensor | None = None
+    for s in range(steps):
+        logit = out.logits[:, -1]
+        if buf is None:
+            buf = torch.empty((n, steps, logit.shape[-1]), dtype=logit.dtype, device=device)
+        buf[:, s] = logit
+        if cfg.greedy:
+            tok = logit.float().argmax(-1)
+        else:
+            probs = torch.softmax(logit.float() / cfg.temperature, -1)
+            tok = sample(probs, uniforms[:, s].to(device))  # type: ignore[index]
+        tok = torch.where(done, models.pad_id, tok)
+        tokens[:, s] = tok
+        lengths += (~done).long()
+        if on_step is not None:
+            on_step(int((~done).sum()))
+        done |= torch.isin(tok, eos)
+        if s == steps - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt,
+                    past_key_values=cache, use_cache=True)
+        nxt = nxt + 1
+    width = int(lengths.max())
+    assert buf is not None
+    return tokens[:, :width], lengths, buf[:, :width]
+
+
+@torch.inference_mode()
+def teacher_force(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Tensor,
+                  lengths: torch.Tensor, pad: int) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """Drafter over prompt + y: (logits (B, T, V) at the positions predicting y_t, cache, mask).
+
+    Layout: left-padded prompts (width L), then y_0..y_{T-2}; column L-1+t predicts y_t.
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad, device)
+    width = tokens.shape[1]
+    gen_mask = (torch.arange(width - 1, device=device)[None] < (lengths[:, None] - 1)).long()
+    ids = torch.cat([ids, tokens[:, :width - 1]], 1)
+    mask = torch.cat([mask, gen_mask], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
+                logits_to_keep=width)
+    return out.logits, out.past_key_values, mask
+
+
 @torch.inference_mode()
 def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
             prompt_lens: torch.Tensor, rows_b: torch.Tensor, rows_t: torch.Tensor,
@@ -361,8 +367,8 @@ def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
         idx = order[lo:lo + cfg.freerun_batch]
         b, t = rows_b[idx].to(device), rows_t[idx].to(device)
         cols = width_prompt + int(t.max())
-        sub = Cache(layers=[RoomyLayer(layer.keys[b, :, :cols], layer.values[b, :, :cols], k)
-                            for layer in cache.layers])
+        sub = roomy([(layer.keys[b, :, :cols], layer.values[b, :, :cols])
+                     for layer in cache.layers], k)
         m = mask[b, :cols] * (torch.arange(cols, device=device)[None] < (width_prompt + t)[:, None])
         pos = (prompt_lens[b] + t)[:, None]
         tok = first[idx].to(device)
