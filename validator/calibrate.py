@@ -153,7 +153,7 @@ def draft_step(model: Any, ids: Any, cache: Any) -> tuple[list[Any], list[int]]:
     logits, their signals (validator.signals.draft_signals, top-k 10) and argmax, on the host."""
     from validator.signals import as_float, draft_signals
 
-    rows = as_float(model(input_ids=ids, past_key_values=cache, use_cache=True,
+    rows = as_float(model(input_ids=ids, cache=cache, use_cache=True,
                           logits_to_keep=1).logits[:, -1])
     return draft_signals(rows, TOPK).tolist(), rows.argmax(-1).tolist()
 
@@ -173,7 +173,7 @@ def verify_step(model: Any, ids: Any, cache: Any) -> tuple[int, int, float]:
     from validator.decoder import TorchDraws, verify
     from validator.signals import as_float, entropy
 
-    v = as_float(model(input_ids=ids, past_key_values=cache, use_cache=True,
+    v = as_float(model(input_ids=ids, cache=cache, use_cache=True,
                        logits_to_keep=ids.shape[1]).logits[0])
     n = v.shape[0] - 1
     rules = torch.zeros(n, dtype=torch.long, device=v.device)
@@ -215,7 +215,7 @@ class Probe:
         with torch.inference_mode():
             ids = torch.randint(model.config.vocab_size, (1, context),
                                 generator=self.gen).to(device)
-            model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
         self.measure(1)  # warm-up
 
     def measure(self, calls: int) -> list[float]:
@@ -283,7 +283,7 @@ def time_points(model: Any, plan: Sequence[tuple[int, int, str]], steps: dict[st
             cache = DynamicCache(config=model.config)
             ids = torch.randint(vocab, (batch, order[0][0]), generator=gen)
             for s in range(0, ids.shape[1], PREFILL_CHUNK):
-                model(input_ids=ids[:, s:s + PREFILL_CHUNK].to(device), past_key_values=cache,
+                model(input_ids=ids[:, s:s + PREFILL_CHUNK].to(device), cache=cache,
                       use_cache=True, logits_to_keep=1)
             for context, new, piece in order:
                 cache.crop(context - cache.get_seq_length())

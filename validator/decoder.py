@@ -154,7 +154,7 @@ class _Model:
 
     def feed(self, seq: torch.Tensor, upto: int, keep: int) -> torch.Tensor:
         """Feed seq[seen:upto] in one call; logits (keep, V) of its last ``keep`` positions."""
-        out = self.module(input_ids=seq[None, self.seen:upto], past_key_values=self.cache,
+        out = self.module(input_ids=seq[None, self.seen:upto], cache=self.cache,
                           use_cache=True, logits_to_keep=keep)
         self.seen, self.calls = upto, self.calls + 1
         return out.logits[0, -keep:]

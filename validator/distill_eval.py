@@ -74,13 +74,13 @@ def decode_latency(model: Any, context: int = 300, repeats: int = 50, warmup: in
     v = vocab or int(model.config.vocab_size)
     ids = torch.randint(0, v, (1, context), generator=g)
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, cache=cache, use_cache=True)
     tok = torch.randint(0, v, (1, 1), generator=g)
     pos = torch.tensor([[context]])
     times = []
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
-        model(input_ids=tok, past_key_values=cache, use_cache=True, position_ids=pos)
+        model(input_ids=tok, cache=cache, use_cache=True, position_ids=pos)
         dt = time.perf_counter() - t0
         cache.crop(-1)  # drop the step just added (transformers 5: negative = tokens to remove)
         if i >= warmup:

@@ -3,7 +3,7 @@
 A drafter is an ordinary ``LlamaForCausalLM`` with ``n_layers`` decoder layers (initialised from
 chosen verifier layers, by default the first n) and its own final RMSNorm. Its token embedding and
 lm_head are the verifier's own module objects: shared, frozen, never copied, never saved. So the
-drafter runs like any HF causal LM (``forward(past_key_values=...)``, ``generate``) and costs
+drafter runs like any HF causal LM (``forward(cache=...)``, ``generate``) and costs
 only its own layers plus the shared head.
 
 On disk a drafter is a folder::

@@ -297,7 +297,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, mo
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
                 logits_to_keep=1)
     n, steps = len(prompts), cfg.max_new_tokens
-    cache = roomy([(layer.keys, layer.values) for layer in out.past_key_values.layers], steps)
+    cache = roomy([(layer.keys, layer.values) for layer in out.cache.layers], steps)
     nxt = mask.sum(-1, keepdim=True)
     tokens = torch.full((n, steps), models.pad_id, dtype=torch.long, device=device)
     lengths = torch.zeros(n, dtype=torch.long, device=device)
@@ -323,7 +323,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, mo
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt,
-                    past_key_values=cache, use_cache=True)
+                    cache=cache, use_cache=True)
         nxt = nxt + 1
     width = int(lengths.max())
     assert buf is not None
@@ -345,7 +345,7 @@ def teacher_force(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Te
     mask = torch.cat([mask, gen_mask], 1)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
                 logits_to_keep=width)
-    return out.logits, out.past_key_values, mask
+    return out.logits, out.cache, mask
 
 
 @torch.inference_mode()
@@ -375,7 +375,7 @@ def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
         for j in range(k):
             m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
             out = model(input_ids=tok[:, None], attention_mask=m, position_ids=pos + j,
-                        past_key_values=sub, use_cache=True)
+                        cache=sub, use_cache=True)
             stats, q = dist_stats(out.logits[:, -1], cfg.temperature, cfg.topk)
             for s in FREERUN:
                 res[s][idx, j] = stats[s].cpu()

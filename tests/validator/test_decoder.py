@@ -261,9 +261,9 @@ class Spy(torch.nn.Module):
         super().__init__()
         self.inner, self.clock, self.calls = inner, clock, []
 
-    def forward(self, input_ids: torch.Tensor, past_key_values: Any, **kw: Any) -> Any:
-        past = past_key_values.get_seq_length()
-        out = self.inner(input_ids=input_ids, past_key_values=past_key_values, **kw)
+    def forward(self, input_ids: torch.Tensor, cache: Any, **kw: Any) -> Any:
+        past = cache.get_seq_length()
+        out = self.inner(input_ids=input_ids, cache=cache, **kw)
         self.clock.append(len(self.clock))
         self.calls.append((self.clock[-1], past, input_ids[0].clone(), out.logits[0].clone()))
         return out

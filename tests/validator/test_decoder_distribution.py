@@ -209,18 +209,18 @@ class Memo(torch.nn.Module):
         super().__init__()
         self.inner, self.memo, self.held = inner, {}, {}
 
-    def forward(self, input_ids: torch.Tensor, past_key_values: Any, **kw: Any) -> Any:
-        past = past_key_values.get_seq_length()
-        ctx = self.held.get(id(past_key_values), [])[:past] + input_ids[0].tolist()
-        self.held[id(past_key_values)] = ctx
+    def forward(self, input_ids: torch.Tensor, cache: Any, **kw: Any) -> Any:
+        past = cache.get_seq_length()
+        ctx = self.held.get(id(cache), [])[:past] + input_ids[0].tolist()
+        self.held[id(cache)] = ctx
         key = (tuple(ctx), kw.get("logits_to_keep"))
         if key not in self.memo:
-            out = self.inner(input_ids=input_ids, past_key_values=past_key_values, **kw)
+            out = self.inner(input_ids=input_ids, cache=cache, **kw)
             self.memo[key] = (out.logits, [(c.keys[..., past:, :], c.values[..., past:, :])
-                                           for c in past_key_values.layers])
+                                           for c in cache.layers])
         else:
             for i, (k, v) in enumerate(self.memo[key][1]):
-                past_key_values.update(k, v, i)
+                cache.update(k, v, i)
         return type("Out", (), {"logits": self.memo[key][0]})
 
 

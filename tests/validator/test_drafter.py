@@ -80,7 +80,7 @@ def test_kv_cache_decoding_matches_full_forward(verifier: torch.nn.Module) -> No
     with torch.no_grad():
         full = d(x).logits[0, -1]
         out = d(x[:, :-1], use_cache=True)
-        step = d(x[:, -1:], past_key_values=out.past_key_values, use_cache=True).logits[0, -1]
+        step = d(x[:, -1:], cache=out.cache, use_cache=True).logits[0, -1]
         gen = d.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
     assert torch.allclose(full, step, atol=1e-5)
     assert gen.shape == (1, 11)

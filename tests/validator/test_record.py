@@ -194,9 +194,9 @@ def test_live_greedy_draft_loop_reproduces_match_and_freerun(models, prompts, tr
                     ent = float(torch.special.entr(torch.softmax(logits, -1)).sum())
                     assert abs(ent - tr.signals["entropy"][d, lo + t]) < 1e-5
                     if x != y[t]:  # free-run on its own token from here, a copy of the cache
-                        cache, tok = copy.deepcopy(out.past_key_values), x
+                        cache, tok = copy.deepcopy(out.cache), x
                         for j in range(tr.k_max):
-                            o = drafter(torch.tensor([[tok]]), past_key_values=cache,
+                            o = drafter(torch.tensor([[tok]]), cache=cache,
                                         use_cache=True)
                             q = torch.softmax(o.logits[0, -1], -1)
                             want = tr.freerun["entropy"][d, lo + t, j]
@@ -204,7 +204,7 @@ def test_live_greedy_draft_loop_reproduces_match_and_freerun(models, prompts, tr
                             tok = int(q.argmax())
                     else:
                         assert np.isnan(tr.freerun["entropy"][d, lo + t]).all()
-                    out = drafter(torch.tensor([[y[t]]]), past_key_values=out.past_key_values,
+                    out = drafter(torch.tensor([[y[t]]]), cache=out.cache,
                                   use_cache=True)
 
 
@@ -329,7 +329,7 @@ def test_roomy_cache_decodes_bit_identically_to_dynamic_cache(models):
     mask = torch.ones_like(ids)
     mask[0, :7] = 0  # left padding
     with torch.no_grad():
-        full = models.verifier(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        full = models.verifier(input_ids=ids, attention_mask=mask, use_cache=True).cache
         cols, k = 31, 6
         data = [(layer.keys[:, :, :cols], layer.values[:, :, :cols]) for layer in full.layers]
         caches = [DynamicCache(ddp_cache_data=data),
@@ -341,7 +341,7 @@ def test_roomy_cache_decodes_bit_identically_to_dynamic_cache(models):
                 m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
                 pos = m.sum(-1, keepdim=True) - 1
                 o = models.verifier(input_ids=tok[:, None], attention_mask=m, position_ids=pos,
-                                    past_key_values=cache, use_cache=True)
+                                    cache=cache, use_cache=True)
                 out.append(o.logits[:, -1])
                 tok = o.logits[:, -1].argmax(-1)
             logits.append(torch.stack(out))
