@@ -400,14 +400,14 @@ def _byte_stream_split_columns(table: pa.Table) -> list[str]:
     mantissas defeat dictionaries); a synthetic trace's few distinct values keep the dictionary.
     """
     out = []
-    for field, column in zip(table.schema, table.columns, strict=True):
+    for spec, column in zip(table.schema, table.columns, strict=True):
         values = column
-        if pa.types.is_list(field.type):
+        if pa.types.is_list(spec.type):
             values = pc.list_flatten(column)
         if not pa.types.is_floating(values.type) or len(values) == 0:
             continue
         if pc.count_distinct(values).as_py() > 0.5 * len(values):
-            out.append(f"{field.name}.list.element" if values is not column else field.name)
+            out.append(f"{spec.name}.list.element" if values is not column else spec.name)
     return out
 
 
