@@ -112,13 +112,14 @@ def regrets(s: np.ndarray) -> np.ndarray:
     return 1.0 - chosen / s.max(axis=-1)
 
 
-def verdicts(tasks: list[TaskStats]) -> list[Verdict]:
+def verdicts(tasks: list[TaskStats], theta_grid: np.ndarray | None = None) -> list[Verdict]:
+    """H1-H3 over ``tasks``; ``theta_grid``: the absolute thresholds searched (nats)."""
     if not tasks:
         return [verdict_h1(np.zeros(0), np.zeros((BOOT, 0)))]
     h1 = verdict_h1(np.array([t.gain for t in tasks]), np.stack([t.gain_b for t in tasks], 1))
     h2 = verdict_h2(np.array([t.theta for t in tasks]), np.array([t.complexity for t in tasks]),
                     np.stack([t.theta_b for t in tasks], 1),
-                    np.stack([t.complexity_b for t in tasks], 1))
+                    np.stack([t.complexity_b for t in tasks], 1), grid=theta_grid)
     r_abs = regrets(np.stack([t.s_abs for t in tasks]))
     r_rel = regrets(np.stack([t.s_rel for t in tasks]))
     b_abs = regrets(np.stack([t.s_abs_b for t in tasks], 1))
@@ -130,7 +131,7 @@ def section(ctxs: list[TraceCtx], figs: Figures, g: Grids) -> list[str]:
     multi = len(ctxs) > 1
     caps = g.caps_upto(min(c.k_max for c in ctxs))
     tasks = [t for i, c in enumerate(ctxs) for t in task_stats(c, g, i, multi, caps)]
-    vs = verdicts(tasks)
+    vs = verdicts(tasks, np.asarray(g.theta, dtype=float))
     out = [f"## {TITLE}", "",
            "Tasks: each trace's `category` values, or its dataset when it has none. Best "
            "configurations are chosen per task on the same prompts (in-sample) and re-chosen "

@@ -173,17 +173,27 @@ def verdict_h1(gain: np.ndarray, boot_gain: np.ndarray, margin: float = 0.10,
 
 
 def verdict_h2(theta: np.ndarray, complexity: np.ndarray, boot_theta: np.ndarray,
-               boot_complexity: np.ndarray, negligible: float = 0.3) -> Verdict:
+               boot_complexity: np.ndarray, negligible: float = 0.3,
+               grid: np.ndarray | None = None) -> Verdict:
     """H2: the best threshold depends on task complexity (Spearman rank correlation).
 
-    Needs >= 3 tasks. Supported when the CI excludes 0; not supported when it lies within
-    (-negligible, negligible) or the best threshold is the same on every task; else
-    inconclusive."""
+    Needs >= 3 tasks. Inconclusive when every task's best threshold is an edge of the searched
+    ``grid`` (the optimum may lie outside it, so the ranks say nothing). Otherwise supported
+    when the CI excludes 0; not supported when it lies within (-negligible, negligible) or the
+    best threshold is the same on every task; else inconclusive."""
     stat = "Spearman rho(best theta, task complexity)"
     if theta.size < 3:
         return Verdict("H2", NA, stat, np.nan, np.nan, np.nan,
                        f"needs >= 3 tasks; the inputs have {theta.size}")
     rho = spearman(theta, complexity)
+    if grid is not None and grid.size > 1:
+        lo_edge, hi_edge = float(np.min(grid)), float(np.max(grid))
+        at_lo, at_hi = np.isclose(theta, lo_edge), np.isclose(theta, hi_edge)
+        if np.all(at_lo | at_hi):
+            edges = [f"{e:.3g}" for e, hit in ((lo_edge, at_lo), (hi_edge, at_hi)) if hit.any()]
+            return Verdict("H2", "inconclusive", stat, rho, np.nan, np.nan,
+                           f"every task's best theta is the searched grid's edge "
+                           f"({' or '.join(edges)} nats): the optimum may lie beyond it")
     if np.isnan(rho):
         return Verdict("H2", "not supported", stat, rho, np.nan, np.nan,
                        "the best threshold is the same on every task")

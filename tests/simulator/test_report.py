@@ -228,6 +228,22 @@ def test_h2_verdicts():
                       _boot(cplx[:2])).status == "not available"
 
 
+def test_h2_inconclusive_when_every_best_theta_is_a_grid_edge():
+    """The searched grid's edge as every task's optimum says nothing about ranks: the true
+    optimum may lie beyond it. One interior value is enough to judge again."""
+    cplx = np.array([0.5, 0.8, 1.1, 1.4])
+    grid = np.linspace(0.5, 2.0, 7)
+    edge = np.array([0.5, 0.5, 2.0, 0.5])
+    v = verdict_h2(edge, cplx, _boot(edge), _boot(cplx), grid=grid)
+    assert v.status == "inconclusive" and "0.5 or 2 nats" in v.reason
+    low = np.full(4, 0.5)
+    assert verdict_h2(low, cplx, _boot(low), _boot(cplx), grid=grid).status == "inconclusive"
+    assert verdict_h2(low, cplx, _boot(low), _boot(cplx)).status == "not supported"  # no grid
+    inner = np.array([2.0, 1.75, 1.25, 0.5])
+    v = verdict_h2(inner, cplx, _boot(inner, 0.01), _boot(cplx, 0.01, seed=1), grid=grid)
+    assert v.status == "supported"
+
+
 def test_h3_verdicts_and_regret():
     # 2 tasks x 3 configurations: the mean picks config 1; task 0's best is config 0
     s = np.array([[2.0, 1.8, 1.0], [1.0, 1.6, 1.5]])
