@@ -611,9 +611,19 @@ def record(models: Models, prompts: Sequence[Prompt], token_ids: Sequence[Sequen
 
 def assemble(parts: Path, groups: Sequence[int], drafters: Sequence[str],
              meta: Mapping[str, Any], out: Path) -> None:
-    """Write the trace ``out`` from the given group files of ``parts`` (drafter-major rows)."""
-    big = pa.concat_tables([pq.read_table(parts / f"group-{g:05d}.parquet")
-                            .replace_schema_metadata(None) for g in groups])
+    """Write the trace ``out`` from the given group files of ``parts`` (drafter-major rows).
+
+    A recording resumed across sessions may span machines: the metadata keeps each group's
+    ``hardware`` and ``recorded`` time under ``groups``, and ``hardware`` names every machine.
+    """
+    tables = [pq.read_table(parts / f"group-{g:05d}.parquet") for g in groups]
+    where = []
+    for g, t in zip(groups, tables, strict=True):
+        m = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
+        where.append({"group": g, "hardware": m.get("hardware"), "recorded": m.get("recorded")})
+    machines = list(dict.fromkeys(w["hardware"] for w in where if w["hardware"]))
+    meta = {**meta, "groups": where, **({"hardware": "; ".join(machines)} if machines else {})}
+    big = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
     big = pa.concat_tables([big.filter(pc.equal(big["drafter"], d)) for d in drafters])
     names = [c for c in (*REQUIRED, *OPTIONAL) if c in big.column_names]
     write_parquet_atomic(build_table({c: big.column(c) for c in names}, meta), out)

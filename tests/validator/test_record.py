@@ -213,6 +213,9 @@ def _same_rows(a: Path, b: Path) -> None:
     assert ta.replace_schema_metadata(None).equals(tb.replace_schema_metadata(None))
     ma, mb = (json.loads(t.schema.metadata[META_KEY]) for t in (ta, tb))
     ma.pop("recorded"), mb.pop("recorded")
+    ga, gb = ma.pop("groups"), mb.pop("groups")  # when and where each group was recorded
+    assert [g["group"] for g in ga] == [g["group"] for g in gb]
+    assert {g["hardware"] for g in ga} == {g["hardware"] for g in gb} == {ma["hardware"]}
     assert ma == mb
 
 
@@ -348,3 +351,31 @@ def test_roomy_cache_decodes_bit_identically_to_dynamic_cache(models):
         assert torch.equal(logits[0], logits[1])
         with pytest.raises(RuntimeError, match="overflow"):
             caches[1].layers[0].update(data[0][0][:, :, :1], data[0][1][:, :, :1])
+
+
+def test_resumed_on_another_machine_names_both(models, prompts, traces, tmp_path, monkeypatch):
+    """Groups keep where and when they were recorded; the trace names every machine."""
+    import validator.record as rec
+
+    out = tmp_path / "m.parquet"
+
+    def die(g: int) -> None:
+        raise KeyboardInterrupt(f"killed after group {g}")
+
+    monkeypatch.setattr(rec, "hardware", lambda device: "machine A")
+    with pytest.raises(KeyboardInterrupt):
+        record(models, *prompts, _cfg(0.0), out, META, decode=decode, score=gsm8k_correct,
+               on_group_done=die)
+    monkeypatch.setattr(rec, "hardware", lambda device: "machine B")
+    record(models, *prompts, _cfg(0.0), out, META, decode=decode, score=gsm8k_correct)
+    meta = read_trace(out).meta
+    assert meta["hardware"] == "machine A; machine B"
+    assert [(g["group"], g["hardware"]) for g in meta["groups"]] == [
+        (0, "machine A"), (1, "machine B"), (2, "machine B")]
+    assert all(g["recorded"] for g in meta["groups"])
+    _same_rows_values(out, traces[0.0])
+
+
+def _same_rows_values(a: Path, b: Path) -> None:
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    assert ta.replace_schema_metadata(None).equals(tb.replace_schema_metadata(None))
