@@ -281,6 +281,80 @@ def synth(alpha: Annotated[str, typer.Option(help="acceptance rate per drafter, 
     out.print(f"wrote {out_path}: {tokens} positions x {len(alphas)} drafter(s), synthetic")
 
 
+def print_info(r: dict[str, Any]) -> None:
+    """``trace_info``'s dict as rich tables: the trace, its drafters, its tasks."""
+    prov = r["provenance"]
+    if prov["synthetic"]:
+        out.print("[bold red]SYNTHETIC trace: i.i.d. acceptance and made-up entropies, not a "
+                  "recording of real models[/]")
+    t = Table(title=f"trace {r['trace']}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_column(style="dim")
+    temp = prov["temperature"]
+    acc = r["accuracy"]
+    budget = prov["max_new_tokens"]
+    rows = [
+        ("status", r["status"], ""),
+        ("pair", prov["pair"] or "-", ""),
+        ("verifier", prov["verifier"], ""),
+        ("drafters", ", ".join(str(d) for d in prov["drafters"]), ""),
+        ("dataset", prov["dataset"], ""),
+        ("decoding", prov["decoding"] + ("" if temp is None else f", temperature {temp:g}"), ""),
+        ("k_max", prov["k_max"], "free-run tokens recorded"),
+        ("hardware", prov["hardware"] or "-", ""),
+        ("recorded", prov["recorded"], ""),
+        ("command", prov["command"] or "-", ""),
+        ("synthetic", "SYNTHETIC" if prov["synthetic"] else "no", ""),
+        ("size", f"{r['size_mib']:.1f}", "MiB on disk"),
+        ("prompts", f"{r['prompts']:,}", ""),
+        ("positions", f"{r['positions']:,}", "tokens, per drafter"),
+        ("mean tokens", f"{r['mean_tokens']:.1f}", "tokens per prompt"),
+        ("budget hits", "-" if r["budget_hits"] is None else r["budget_hits"],
+         "no max_new_tokens in metadata" if budget is None
+         else f"prompts that generated max_new_tokens = {budget}"),
+        ("accuracy", "-" if acc is None else f"{acc['correct']} / {acc['prompts']}",
+         "no 'correct' column" if acc is None else f"correct prompts ({acc['rate']:.1%})"),
+    ]
+    for name, value, unit in rows:
+        t.add_row(name, str(value), unit)
+    out.print(t)
+    d = Table(title="drafters")
+    for col, unit in (("drafter", ""), ("agreement", "mean draft_match"),
+                      ("accept_prob", "mean"), ("entropy", "nats, mean draft_entropy")):
+        d.add_column(f"{col}\n({unit})" if unit else col, justify="left" if not unit
+                     else "right")
+    for x in r["drafters"]:
+        d.add_row(x["name"], f"{x['agreement']:.3f}", f"{x['accept_prob']:.3f}",
+                  f"{x['mean_entropy']:.3f}")
+    out.print(d)
+    if r["tasks"]:
+        k = Table(title="tasks (category column)")
+        k.add_column("task")
+        k.add_column("prompts", justify="right")
+        k.add_column("positions\n(tokens)", justify="right")
+        for x in r["drafters"]:
+            k.add_column(f"{x['name']}\n(agreement)", justify="right")
+        for task in r["tasks"]:
+            k.add_row(task["name"], f"{task['prompts']:,}", f"{task['positions']:,}",
+                      *(f"{task['agreement'][x['name']]:.3f}" for x in r["drafters"]))
+        out.print(k)
+
+
+@app.command()
+@user_errors
+def info(trace: Trace_,
+         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")]
+         = False) -> None:
+    """Print what a trace is: provenance, status, size, per-drafter and per-task agreement."""
+    from .info import trace_info
+    r = trace_info(trace)
+    if json_out:
+        sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
+    else:
+        print_info(r)
+
+
 @app.command()
 def policies() -> None:
     """List the registered policies and their parameters."""

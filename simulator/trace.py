@@ -193,11 +193,22 @@ def _fail(path: str, msg: str) -> TraceError:
     return TraceError(f"{path}: {msg}")
 
 
+def _missing(p: str) -> str:
+    """Why ``p`` cannot be read: no such file, or an unfinished recording's parts beside it."""
+    parts = Path(p + ".parts")  # validator.record.parts_dir: the recorder's group files
+    if not Path(p).exists() and parts.is_dir():
+        groups = len(list(parts.glob("group-*.parquet")))
+        return (f"no such trace; {parts}/ holds an unfinished recording ({groups} finished "
+                "group(s)): finish it with the same `validate record` command, or add "
+                "--partial to write its finished groups")
+    return "no such file"
+
+
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``entrospec`` metadata of a trace file, checked for version and required keys."""
     p = str(path)
     if not Path(p).is_file():
-        raise _fail(p, "no such file")
+        raise _fail(p, _missing(p))
     try:
         schema = pq.read_schema(p)
     except Exception as exc:  # pyarrow raises several types for non-Parquet input
