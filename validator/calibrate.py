@@ -468,7 +468,9 @@ def role_plan(cfg: dict[str, Any], news: Sequence[int], contexts: Sequence[int] 
 
 
 def host_info(device: str) -> dict[str, Any]:
-    """The machine and libraries the timings come from: CPU model and threads, or GPU name."""
+    """The machine and libraries the timings come from: CPU model, logical CPUs and torch
+    threads, and on CUDA the GPU's name and the number of visible GPUs (``validate`` picks the
+    profile whose machine is this one by these: validator.validate.machine_key)."""
     import scipy
     import torch
     import transformers
@@ -480,7 +482,8 @@ def host_info(device: str) -> dict[str, Any]:
                           "torch_threads": torch.get_num_threads(), "os": platform.platform()}
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(device)
-        hw.update(gpu=props.name, gpu_memory_GiB=round(props.total_memory / 2 ** 30, 1))
+        hw.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                  gpu_memory_GiB=round(props.total_memory / 2 ** 30, 1))
     libs = {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__,
             "scipy": scipy.__version__}

@@ -36,7 +36,8 @@ def main(
     suite: Annotated[str | None, typer.Option(
         help="target: fixed k 1..8, three entropy stops, HF confidence")] = None,
     profile: Annotated[Path | None, typer.Option(
-        help="latency profile (default profiles/PAIR-cpu|cuda.json, calibrated if absent)")]
+        help="latency profile (default: the profiles/PAIR-cpu*|cuda*.json measured on this "
+             "machine, calibrated if none is)")]
     = None,
     max_new_tokens: Annotated[int, typer.Option(help="tokens per prompt, at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,

@@ -1,9 +1,10 @@
 """``validate --pair``: run policies for real and compare with the simulator's prediction.
 
-For one pair and a few prompts: use this machine's latency profile (calibrate first if there is
-none), record the trace of those prompts, run the real decoder (validator.decoder) for every
-policy, replay the same trace through the simulator (fast engine) priced by that profile, and
-compare per policy:
+For one pair and a few prompts: use this machine's latency profile (``resolve_profile``: the
+profile whose recorded CPU model, logical CPUs and torch threads, or GPU name and count, are this
+machine's; calibrate first if there is none), record the trace of those prompts, run the real
+decoder (validator.decoder) for every policy, replay the same trace through the simulator (fast
+engine) priced by that profile, and compare per policy:
 
   tokens_per_second      generated tokens / wall seconds, prefill included (prompts one at a
                          time, batch 1): measured with time.perf_counter around the decoder;
@@ -33,9 +34,11 @@ one how good the cost model is at the machine's speed of the moment.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -326,7 +329,10 @@ def reprice(source: Path, profile: Path, out: Path, command: str = "") -> dict[s
                 for label, e in every.items()}
     result = compare_metrics(trace, specs, measured, predicted, checks, factors,
                              reference if factors else None)
-    new = {**doc, "pricing": latency.source, **result,
+    note = profile_note(profile, hardware_of(read_profile(profile) or {}), hardware_of(doc)) \
+        if hardware_of(doc) else None
+    new = {**{k: v for k, v in doc.items() if k != "profile_note"}, "pricing": latency.source,
+           **({"profile_note": note} if note else {}), **result,
            "repriced": {"at": now(), "from": str(source), "pricing_before": doc.get("pricing"),
                         "command": command,
                         "note": "predictions re-priced with this profile; measurements are "
@@ -406,6 +412,8 @@ def write_report(doc: dict[str, Any], folder: Path) -> Path:
              f"new tokens, {decoding}",
              f"- trace: `{doc['trace']}` (recorded here, same prompts)",
              f"- pricing: `{doc['pricing']}`",
+             *([f"- **profile from another machine**: {doc['profile_note']}"]
+               if doc.get("profile_note") else []),
              f"- hardware: {doc['hardware']}",
              f"- measured {doc['measured_at']}"]
     if "repriced" in doc:
@@ -459,9 +467,161 @@ def now() -> str:
 
 # ---- the whole job ---------------------------------------------------------------------------
 
-def profile_path(pair: str, device: str) -> Path:
-    """This machine kind's profile of ``pair``: profiles/PAIR-cpu.json or PAIR-cuda.json."""
-    return PROFILES / f"{pair}-{'cpu' if device == 'cpu' else 'cuda'}.json"
+CPU_KEY = ("cpu", "logical_cpus", "torch_threads")  # what prices a CPU machine
+CUDA_KEY = ("gpu", "gpu_count")  # ... and a CUDA one
+
+
+def machine_key(hardware: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a machine for pricing, from a "hardware" block (calibrate.host_info):
+    device kind, then CPU model, logical CPUs and torch threads (CPU) or GPU name and count
+    (CUDA). Fields the block does not record are left out; names are whitespace-normalised."""
+    kind = str(hardware.get("device") or "").split(":")[0]
+    key: dict[str, Any] = {"device": kind or None}
+    for name in CUDA_KEY if kind == "cuda" else CPU_KEY:
+        value = hardware.get(name)
+        if value is not None:
+            key[name] = " ".join(value.split()) if isinstance(value, str) else value
+    return key
+
+
+def machine_diff(profile: dict[str, Any], here: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(fields whose values differ, fields ``profile`` does not record) of two machine_keys."""
+    differ = [k for k in here if k in profile and profile[k] != here[k]]
+    return differ, [k for k in here if k not in profile]
+
+
+def same_machine(profile: dict[str, Any], here: dict[str, Any]) -> bool:
+    """Whether a profile's machine_key prices ``here``: no recorded field differs and the device
+    kind and CPU / GPU name are recorded (another missing field: matched on the rest)."""
+    differ, missing = machine_diff(profile, here)
+    name = "gpu" if here.get("device") == "cuda" else "cpu"
+    return not differ and "device" not in missing and name not in missing
+
+
+def describe_machine(hardware: dict[str, Any]) -> str:
+    """A machine in words: "AMD EPYC (2 logical CPUs, 2 torch threads)", "NVIDIA H100 x 1"."""
+    key = machine_key(hardware)
+    if key["device"] is None:
+        return "an unrecorded machine"
+    if key["device"] == "cuda":
+        return f"{key.get('gpu', 'an unnamed GPU')} x {key.get('gpu_count', '?')}"
+    return (f"{key.get('cpu', 'an unnamed CPU')} ({key.get('logical_cpus', '?')} logical CPUs, "
+            f"{key.get('torch_threads', '?')} torch threads)")
+
+
+def machine_slug(hardware: dict[str, Any]) -> str:
+    """A file-name tag of a machine: "intel-xeon-platinum-8375c-2t" (CPU model, logical CPUs
+    where they differ from the threads, threads), "h100-80gb-hbm3" (GPU, "-xN" for N > 1)."""
+    key = machine_key(hardware)
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+    if key["device"] == "cuda":
+        n = key.get("gpu_count", 1)
+        return slug(re.sub(r"(?i)\bnvidia\b", " ", str(key.get("gpu", "gpu")))) + \
+            (f"-x{n}" if n != 1 else "")
+    cpu = re.sub(r"(?i)\((r|tm)\)|\bcpu\b|\bprocessor\b|\b\d+-core\b|@.*$", " ",
+                 str(key.get("cpu", "cpu")))
+    cpus, threads = key.get("logical_cpus"), key.get("torch_threads")
+    return slug(cpu) + (f"-{cpus}cpu" if cpus != threads else "") + f"-{threads}t"
+
+
+def this_machine(device: str, threads: int = 0) -> dict[str, Any]:
+    """This machine's "hardware" block (calibrate.host_info), with the torch threads validate
+    runs at (``threads`` > 0, else torch's current number)."""
+    from .calibrate import host_info
+
+    hardware = dict(host_info(device)["hardware"])
+    if threads > 0:
+        hardware["torch_threads"] = threads
+    return hardware
+
+
+def read_profile(path: Path) -> dict[str, Any] | None:
+    """A profile's document; None where ``path`` is not a readable profile of our schema."""
+    from simulator.latency import PROFILE_SCHEMA
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("schema") == PROFILE_SCHEMA else None
+
+
+def hardware_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The "hardware" block of a profile or validate result ({} where it has none)."""
+    hardware = doc.get("hardware")
+    return hardware if isinstance(hardware, dict) else {}
+
+
+def profile_note(path: Path, profile_hw: dict[str, Any], here_hw: dict[str, Any]) -> str | None:
+    """The warning for a profile measured on another machine than ``here_hw`` (None if same)."""
+    if same_machine(machine_key(profile_hw), machine_key(here_hw)):
+        return None
+    return (f"profile {_shown(path)} was measured on {describe_machine(profile_hw)}; this "
+            f"machine is {describe_machine(here_hw)}: predictions may be off by the machines' "
+            "speed ratio")
+
+
+def resolve_profile(pair: str, device: str, threads: int, explicit: Path | None,
+                    log: Callable[[str], None], *, progress: bool = True,
+                    **calibrate_kw: Any) -> tuple[Path, str | None]:
+    """The latency profile validate prices with, and the note for the report (or None).
+
+    ``explicit`` (--profile): that file; the note says so where its machine is not this one.
+    Otherwise the profiles/PAIR-cpu*.json (PAIR-cuda*.json) measured on this machine
+    (machine_key; a full match before one on an older profile lacking a field, then by name),
+    else a calibration of ``pair`` (``calibrate_kw``: dtype, random_weights) into
+    profiles/PAIR-KIND-SLUG.json (machine_slug). Which file and why goes to ``log``."""
+    from simulator.latency import load_profile
+
+    here_hw = this_machine(device, threads)
+    here = machine_key(here_hw)
+
+    def matched(path: Path, key: dict[str, Any]) -> str:
+        missing = machine_diff(key, here)[1]
+        return (f"profile {_shown(path)}: measured on this machine ({describe_machine(here_hw)})"
+                + (f"; it records no {', '.join(missing)}, matched on the rest" if missing
+                   else ""))
+
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ValidateError(f"--profile {explicit}: no such file")
+        load_profile(str(explicit))  # a bad profile fails here, with its reason
+        hardware = hardware_of(read_profile(explicit) or {})
+        note = profile_note(explicit, hardware, here_hw)
+        log(f"note: {note}" if note else matched(explicit, machine_key(hardware)))
+        return explicit, note
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    seen, found = [], []
+    for path in sorted(PROFILES.glob(f"{glob.escape(pair)}-{kind}*.json")):
+        doc = read_profile(path)
+        if doc is None or doc.get("pair") not in (None, pair):
+            continue
+        seen.append(f"{path.name} ({describe_machine(hardware_of(doc))})")
+        key = machine_key(hardware_of(doc))
+        if same_machine(key, here):
+            found.append((len(machine_diff(key, here)[1]), path.name, path, key))
+    if found:
+        _, _, path, key = min(found)
+        log(matched(path, key))
+        return path, None
+    slug = machine_slug(here_hw)
+    out = PROFILES / f"{pair}-{kind}-{slug}.json"
+    for i in range(2, 1000):  # never overwrite another machine's profile
+        if not out.exists():
+            break
+        out = PROFILES / f"{pair}-{kind}-{slug}-{i}.json"
+    from .calibrate import calibrate
+
+    weights = " (random weights)" if calibrate_kw.get("random_weights") else ""
+    log(f"no profile of {pair} measured on this machine ({describe_machine(here_hw)}; have: "
+        f"{'; '.join(seen) or 'none'}): calibrating {pair}{weights} on {device} into "
+        f"{_shown(out)} first")
+    calibrate(pair, device=device, out=out, threads=threads or None, progress=progress,
+              **calibrate_kw)
+    return out, None
 
 
 def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[PolicySpec], *,
@@ -471,7 +631,8 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
                   command: str = "", progress: bool = True,
                   log: Callable[[str], None] = print,
                   drafters: Sequence[str] | None = None) -> dict[str, Any]:
-    """Profile (calibrating if absent), trace, real runs, prediction, comparison, report.
+    """Profile (resolve_profile: this machine's, calibrating if none), trace, real runs,
+    prediction, comparison, report.
     ``drafters``: the pair's drafters to decode with, in order (as ``sim --drafter``)."""
     import torch
 
@@ -495,14 +656,7 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
     for name in drafters or []:
         if name not in have:
             raise ValidateError(f"--drafter {name!r}: pair {pair} has drafters {have}")
-    prof = profile if profile is not None else profile_path(pair, device)
-    if not prof.exists():
-        if profile is not None:
-            raise ValidateError(f"--profile {prof}: no such file")
-        from .calibrate import calibrate
-
-        log(f"no profile {prof}: calibrating {pair} on {device} first")
-        calibrate(pair, device=device, out=prof, threads=threads or None, progress=progress)
+    prof, note = resolve_profile(pair, device, threads, profile, log, progress=progress)
     latency = load_profile(_shown(prof))
     loaded = pairs.load_pair(pair, device, dtype, folder, progress=progress)
     ids = [loaded.encode(p.text) for p in selected]
@@ -540,8 +694,8 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
     doc = {"pair": pair, "device": device, "dataset": dataset, "prompts": len(selected),
            "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
            "trace": _shown(trace_path), "drafters": list(trace.drafters),
-           "pricing": latency.source, **host_info(device),
-           "measured_at": now(), "command": command, **result}
+           "pricing": latency.source, **({"profile_note": note} if note else {}),
+           **host_info(device), "measured_at": now(), "command": command, **result}
     write_report(doc, out)
     return doc
 
@@ -659,7 +813,7 @@ def validate_timing_only(pair: str, trace_path: Path, n_prompts: int,
     from simulator.latency import load_profile
     from simulator.trace import read_trace
 
-    from .calibrate import build_random, calibrate, host_info, pair_roles
+    from .calibrate import build_random, host_info, pair_roles
 
     if out.exists() and not out.is_dir():
         raise ValidateError(f"--out {out}: exists and is not a folder")
@@ -671,13 +825,8 @@ def validate_timing_only(pair: str, trace_path: Path, n_prompts: int,
         raise ValidateError(f"--trace {trace_path}: {len(trace.drafters)} drafters, pair {pair} "
                             f"has {len(roles) - 1}")
     n_prompts = min(n_prompts, trace.n_prompts)
-    prof = profile if profile is not None else profile_path(pair, device)
-    if not prof.exists():
-        if profile is not None:
-            raise ValidateError(f"--profile {prof}: no such file")
-        log(f"no profile {prof}: calibrating {pair} (random weights) on {device} first")
-        calibrate(pair, device=device, dtype=dtype, random_weights=True, out=prof,
-                  threads=threads or None, progress=progress)
+    prof, note = resolve_profile(pair, device, threads, profile, log, progress=progress,
+                                 dtype=dtype, random_weights=True)
     latency = load_profile(str(prof))
     names = list(roles)[1:1 + len(trace.drafters)]
     models = {r: build_random(roles[r], dtype, device) for r in ["verifier", *names]}
@@ -702,8 +851,8 @@ def validate_timing_only(pair: str, trace_path: Path, n_prompts: int,
     doc = {"pair": pair, "device": device, "dataset": f"forced from {trace_path}",
            "prompts": n_prompts, "max_new_tokens": int(sub.lengths.max()), "temperature": 0.0,
            "seed": seed, "trace": str(trace_path), "pricing": latency.source,
-           "timing_only": True, "weights": "random", **host_info(device),
-           "measured_at": now(), "command": command, **result}
+           **({"profile_note": note} if note else {}), "timing_only": True, "weights": "random",
+           **host_info(device), "measured_at": now(), "command": command, **result}
     write_report(doc, out)
     return doc
 
