@@ -240,6 +240,9 @@ def record(
     typer.echo(f"{out}: {res.prompts} prompts, {res.groups_done} groups recorded now, "
                f"{res.tokens} tokens in {res.seconds:.1f} s = {res.tokens_per_second:.1f} "
                f"tokens/s ({stages})")
+    if res.pending:
+        typer.echo(f"{out}: not written yet: groups {res.pending} are held by other recorders "
+                   "of this command; the last one to finish writes the trace")
 
 
 @app.command()

@@ -379,3 +379,35 @@ def test_resumed_on_another_machine_names_both(models, prompts, traces, tmp_path
 def _same_rows_values(a: Path, b: Path) -> None:
     ta, tb = pq.read_table(a), pq.read_table(b)
     assert ta.replace_schema_metadata(None).equals(tb.replace_schema_metadata(None))
+
+
+def test_parallel_recorders_share_groups_by_claims(models, prompts, traces, tmp_path):
+    """A group claimed by a live recorder is left to it; the last recorder assembles; a claim
+    of a dead process is taken over. The trace equals an uninterrupted run's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from validator.record import claim, release
+
+    out = tmp_path / "c.parquet"
+    held = parts_dir(out) / "group-00001.parquet"
+    assert claim(held)  # "another recorder" (this process) is recording group 1
+    res = record(models, *prompts, _cfg(0.0), out, META, decode=decode, score=gsm8k_correct)
+    assert res.pending == [1] and res.groups_done == 2 and not out.exists()
+    assert not claim(held)  # still held by a live process
+    release(held)
+    res = record(models, *prompts, _cfg(0.0), out, META, decode=decode, score=gsm8k_correct)
+    assert res.pending == [] and res.groups_done == 1 and not parts_dir(out).exists()
+    _same_rows(out, traces[0.0])
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.split()[0]
+    stale = tmp_path / "s.parquet.parts" / "group-00000.parquet"
+    stale.parent.mkdir()
+    (stale.parent / "group-00000.claim").write_text(f"{socket.gethostname()} {dead}")
+    assert claim(stale)  # its owner died: taken over
+    assert (stale.parent / "group-00000.claim").read_text().split()[1] == str(os.getpid())
+    (stale.parent / "group-00000.claim").write_text(f"other-host {dead}")
+    assert not claim(stale)  # a claim from another machine is never taken over
