@@ -92,10 +92,14 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 
 def latency_for(spec: str, trace_meta: dict[str, Any], pair: str | None) -> LatencyModel:
-    """Resolve ``--latency``; "auto" = the shipped profile of the trace's pair, else const."""
+    """Resolve ``--latency``; "auto" = the trace pair's default profile (profiles/PAIR-cpu.json,
+    the shipped one, whatever else profiles/ holds: reports must not depend on the machine),
+    else its first profile by name, else const."""
     if spec == "auto":
         pair_name = pair or trace_meta.get("pair")
         found = sorted(PROFILES.glob(f"{pair_name}-*.json")) if pair_name else []
+        default = PROFILES / f"{pair_name}-cpu.json"
+        found = [default] if default in found else found
         spec = f"profile:{_near(found[0])}" if found else "const:draft=0.1,verify=1"
     roles = None
     if spec.startswith("roofline:"):
