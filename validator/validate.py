@@ -295,7 +295,6 @@ def reprice(source: Path, profile: Path, out: Path, command: str = "") -> dict[s
     (validate.json); nothing runs on the models. Speed-adjusted errors are recomputed where the
     result stores its per-run speed factors. Writes validate.json, report.md and the plot to
     ``out``."""
-    from simulator.latency import load_profile
     from simulator.trace import read_trace
 
     try:
@@ -316,7 +315,7 @@ def reprice(source: Path, profile: Path, out: Path, command: str = "") -> dict[s
     entries = {k: v for k, v in doc["policies"].items() if k != BASELINE}
     specs = [PolicySpec(label, e["policy"], {k: str(v) for k, v in e["params"].items()})
              for label, e in entries.items()]
-    latency = load_profile(_shown(profile))
+    latency = _load_profile(profile)
     predicted = predict(trace, specs, latency, int(doc.get("seed", 0)))
     every = doc["policies"]
     stored = [e.get("adjusted", {}).get("speed_factors") for e in every.values()]
@@ -636,7 +635,6 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
     ``drafters``: the pair's drafters to decode with, in order (as ``sim --drafter``)."""
     import torch
 
-    from simulator.latency import load_profile
     from simulator.trace import read_trace
 
     from . import pairs
@@ -657,7 +655,7 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
         if name not in have:
             raise ValidateError(f"--drafter {name!r}: pair {pair} has drafters {have}")
     prof, note = resolve_profile(pair, device, threads, profile, log, progress=progress)
-    latency = load_profile(_shown(prof))
+    latency = _load_profile(prof)
     loaded = pairs.load_pair(pair, device, dtype, folder, progress=progress)
     ids = [loaded.encode(p.text) for p in selected]
     cfg = RecordConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -698,6 +696,14 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
            **host_info(device), "measured_at": now(), "command": command, **result}
     write_report(doc, out)
     return doc
+
+
+def _load_profile(path: Path) -> Any:
+    """The profile at ``path`` (from any working directory), named as reports show it."""
+    from dataclasses import replace
+
+    from simulator.latency import load_profile
+    return replace(load_profile(str(path)), path=_shown(path))
 
 
 def _shown(path: Path) -> str:
