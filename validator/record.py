@@ -604,7 +604,9 @@ def record(models: Models, prompts: Sequence[Prompt], token_ids: Sequence[Sequen
                     if not part.exists():  # else: finished between the check and the claim
                         cols = record_group(models, prompts[lo:hi], token_ids[lo:hi], cfg,
                                             decode, score, on_step, clock)
-                        write_parquet_atomic(build_table(cols, {**full_meta, "group": g}), part)
+                        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+                        write_parquet_atomic(build_table(cols, {**full_meta, "group": g,
+                                                                "recorded": now}), part)
                         recorded += 1
                         if on_group_done is not None:
                             on_group_done(g)
