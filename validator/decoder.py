@@ -36,7 +36,15 @@ from simulator.errors import PolicyError
 from simulator.policies import Context, Outcome, Policy
 from simulator.trace import RULE_NAMES
 
-from .signals import SIGNAL_NAMES, acceptance, as_float, draft_signals, entropy, residual
+from .signals import (
+    SIGNAL_NAMES,
+    acceptance,
+    acceptance_at,
+    as_float,
+    draft_signals,
+    entropy,
+    residual,
+)
 
 STOPS = ("policy", "cap", "end", "eos")  # why a round stopped drafting (see RoundLog.stop)
 
@@ -87,11 +95,13 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rules: torch.
     n = drafts.shape[0]
     if n == 0:  # a verifier-only step
         return 0, int(p[0].argmax()) if greedy else draws.categorical(p[0])
-    acc = acceptance(p[:n], q, rules, greedy)
-    a = draws.first_rejection(acc.gather(1, drafts[:, None].long())[:, 0])
+    a = draws.first_rejection(acceptance_at(p[:n], q, drafts, rules, greedy))
     if greedy:
         return a, int(p[a].argmax())
-    return a, draws.categorical(p[n] if a == n else residual(p[a], q[a], acc[a]))
+    if a == n:
+        return a, draws.categorical(p[n])
+    # the residual needs the rejected row's acceptance over the whole vocabulary
+    return a, draws.categorical(residual(p[a], q[a], acceptance(p[:n], q, rules, greedy)[a]))
 
 
 @dataclass(frozen=True)

@@ -76,19 +76,43 @@ def acceptance(p: torch.Tensor, q: torch.Tensor, rules: torch.Tensor,
     p, q: (n, V) verifier and drafter probabilities; rules: (n,) indices into RULE_NAMES.
     Tokens with q(y) = 0 are never drafted; their value only needs to be finite.
     """
-    ratio = torch.where(q > 0, p / q.clamp_min(torch.finfo(q.dtype).tiny), torch.ones_like(p))
-    bound = torch.minimum(torch.full_like(p[..., :1], TYPICAL_EPSILON),
-                          TYPICAL_DELTA * torch.exp(-shannon(p.log())[..., None]))
+    top = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).to(p.dtype) if greedy else None
+    return _rule_table(p, q, p, q, top)[rules.long(), torch.arange(p.shape[0], device=p.device)]
+
+
+def acceptance_at(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, rules: torch.Tensor,
+                  greedy: bool = False) -> torch.Tensor:
+    """(n,) ``acceptance(p, q, rules, greedy)`` at each row's token, bit for bit, without the
+    (n, V) table: the same element-wise formulas on the drafted tokens' probabilities only
+    (the typical rule's row entropy is the one full-vocabulary pass, and only when used)."""
+    idx = tokens.long()[:, None]
+    pt, qt = p.gather(1, idx), q.gather(1, idx)  # (n, 1)
+    top = (p.argmax(-1, keepdim=True) == idx).to(p.dtype) if greedy else None
+    typical = bool((rules == RULE_NAMES.index("typical")).any())
+    table = _rule_table(pt, qt, p if typical else None, q, top)
+    return table[rules.long(), torch.arange(p.shape[0], device=p.device), 0]
+
+
+def _rule_table(pt: torch.Tensor, qt: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor,
+                top: torch.Tensor | None) -> torch.Tensor:
+    """(R, n, W) acceptance of every rule at the W tokens whose probabilities are pt, qt
+    (W = V for the whole vocabulary); p: full rows for the typical rule's entropy bound (None:
+    no row uses it, zeros); top: 1 at the verifier's argmax (greedy) or None."""
+    ratio = torch.where(qt > 0, pt / qt.clamp_min(torch.finfo(q.dtype).tiny),
+                        torch.ones_like(pt))
+    if p is None:
+        typical = torch.zeros_like(pt)
+    else:
+        bound = torch.minimum(torch.full_like(p[..., :1], TYPICAL_EPSILON),
+                              TYPICAL_DELTA * torch.exp(-shannon(p.log())[..., None]))
+        typical = (pt > bound).to(pt.dtype)
     table = {"standard": ratio.clamp(max=1.0), "sqrt": ratio.sqrt().clamp(max=1.0),
-             "typical": (p > bound).to(p.dtype), "all": torch.ones_like(p),
-             "none": torch.zeros_like(p)}
-    if greedy:
-        top = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).to(p.dtype)
+             "typical": typical, "all": torch.ones_like(pt), "none": torch.zeros_like(pt)}
+    if top is not None:
         table["standard"] = top
         table["sqrt"] = torch.maximum(table["sqrt"], top)
         table["typical"] = torch.maximum(table["typical"], top)
-    stacked = torch.stack([table[r] for r in RULE_NAMES])  # (R, n, V)
-    return stacked[rules.long(), torch.arange(p.shape[0], device=p.device)]
+    return torch.stack([table[r] for r in RULE_NAMES])
 
 
 def residual(p: torch.Tensor, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

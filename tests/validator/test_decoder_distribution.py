@@ -32,6 +32,7 @@ from validator.signals import (  # noqa: E402
     TYPICAL_DELTA,
     TYPICAL_EPSILON,
     acceptance,
+    acceptance_at,
     draft_signals,
     emitted,
 )
@@ -385,3 +386,19 @@ def test_torch_draws_sample_the_verifiers_law(small: Any) -> None:
     exp = [want[k] * runs for k in big] + ([sum(want[k] for k in small_) * runs] if small_
                                            else [])
     assert chisquare(obs, exp).pvalue > 1e-3
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), greedy=st.booleans())
+def test_acceptance_at_the_drafts_is_the_tables_bit_for_bit(data: Any, greedy: bool) -> None:
+    """The decoder's per-draft acceptance (no (n, V) table) equals the table's entries
+    exactly, for any mix of rules per row: the output laws pinned above carry over."""
+    n, v = data.draw(st.integers(1, 5)), data.draw(st.integers(2, 6))
+    p = torch.tensor(np.stack([data.draw(distributions(v)) for _ in range(n)]))
+    q = torch.tensor(np.stack([data.draw(distributions(v)) for _ in range(n)]))
+    rules = torch.tensor(data.draw(st.lists(st.integers(0, len(RULE_NAMES) - 1),
+                                            min_size=n, max_size=n)))
+    drafts = torch.tensor(data.draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n)))
+    table = acceptance(p, q, rules, greedy)
+    want = table.gather(1, drafts[:, None])[:, 0]
+    assert torch.equal(acceptance_at(p, q, drafts, rules, greedy), want)
