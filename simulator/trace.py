@@ -404,6 +404,11 @@ def _read_trace(path: str | os.PathLike[str]) -> Trace:
                  prompt_columns=prompt_columns, path=p)
 
 
+def _leaf(spec: pa.Field) -> str:
+    """The Parquet column path of a field: ``name``, or ``name.list.element`` for a list."""
+    return f"{spec.name}.list.element" if pa.types.is_list(spec.type) else spec.name
+
+
 def _byte_stream_split_columns(table: pa.Table) -> list[str]:
     """Float columns whose values rarely repeat: stored byte-stream-split, not as a dictionary.
 
@@ -418,7 +423,7 @@ def _byte_stream_split_columns(table: pa.Table) -> list[str]:
         if not pa.types.is_floating(values.type) or len(values) == 0:
             continue
         if pc.count_distinct(values).as_py() > 0.5 * len(values):
-            out.append(f"{spec.name}.list.element" if values is not column else spec.name)
+            out.append(_leaf(spec))
     return out
 
 
@@ -430,8 +435,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     os.close(fd)
     try:
         split = _byte_stream_split_columns(table)
-        leaves = [f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name
-                  for f in table.schema]
+        leaves = [_leaf(f) for f in table.schema]
         pq.write_table(table, tmp, compression="zstd", use_byte_stream_split=split or False,
                        use_dictionary=[c for c in leaves if c not in split] if split else True)
         umask = os.umask(0)

@@ -534,6 +534,11 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
+def group_file(parts: Path, g: int) -> Path:
+    """Group ``g``'s file in the recording's ``parts`` folder."""
+    return parts / f"group-{g:05d}.parquet"
+
+
 def finished_groups(parts: Path, args: Mapping[str, Any]) -> set[int]:
     """Groups already in ``parts``; RecordError if any was recorded with other arguments."""
     done: set[int] = set()
@@ -596,7 +601,7 @@ def record(models: Models, prompts: Sequence[Prompt], token_ids: Sequence[Sequen
 
         for g in range(n_groups):
             lo, hi = g * cfg.batch, min((g + 1) * cfg.batch, len(prompts))
-            part = parts / f"group-{g:05d}.parquet"
+            part = group_file(parts, g)
             # another recorder of the same command may share ``parts``: a group is taken by
             # claiming it, and one finished meanwhile is skipped
             if g not in done and not part.exists() and claim(part):
@@ -615,7 +620,7 @@ def record(models: Models, prompts: Sequence[Prompt], token_ids: Sequence[Sequen
             bar.update(task, advance=hi - lo,
                        tps=tokens[0] / max(time.perf_counter() - start, 1e-9))
     seconds = time.perf_counter() - start
-    missing = [g for g in range(n_groups) if not (parts / f"group-{g:05d}.parquet").exists()]
+    missing = [g for g in range(n_groups) if not (group_file(parts, g)).exists()]
     if not parts.is_dir() and out.exists():  # another recorder assembled it meanwhile
         missing = []
     if missing or not parts.is_dir() or not claim(parts / "assemble"):
@@ -681,7 +686,7 @@ def assemble(parts: Path, groups: Sequence[int], drafters: Sequence[str],
     A recording resumed across sessions may span machines: the metadata keeps each group's
     ``hardware`` and ``recorded`` time under ``groups``, and ``hardware`` names every machine.
     """
-    tables = [pq.read_table(parts / f"group-{g:05d}.parquet") for g in groups]
+    tables = [pq.read_table(group_file(parts, g)) for g in groups]
     where = []
     for g, t in zip(groups, tables, strict=True):
         m = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
@@ -710,7 +715,7 @@ def assemble_partial(out: str | Path) -> tuple[int, int]:
     first = pq.read_schema(parts / "group-00000.parquet").metadata or {}
     meta = json.loads(first[META_KEY])
     meta.pop("group", None)
-    table = pa.concat_tables([pq.read_table(parts / f"group-{g:05d}.parquet", columns=[
+    table = pa.concat_tables([pq.read_table(group_file(parts, g), columns=[
         "prompt_id"]) for g in range(lead)])
     n = len(set(table.column("prompt_id").to_pylist()))
     meta["partial"] = {"prompts": n, "groups": lead,
