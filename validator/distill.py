@@ -4,6 +4,12 @@
     python -m validator.distill train --layers 2 --run runs/distill/d2
     python -m validator.distill eval  --drafter runs/distill/d2/final
     python -m validator.distill publish --drafter runs/distill/d2/best --name smollm2-135m-d2
+    python -m validator.distill shrink --drafter drafters/smollm2-135m-d3 --head-tokens 8192 \
+        --out runs/distill/d3-h8k
+
+``--head-tokens M`` (train, shrink) gives the drafter a subset head over the M token ids most
+frequent in GSM8K-train answers, ties and the remainder by lower id (BPE ids come in merge order,
+roughly the tokenizer corpus's frequency order), special tokens always kept.
 
 Every stage can be killed at any time and resumed by re-running the same command.
 """
@@ -93,6 +99,8 @@ def kd_loss(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
     teacher minus its (constant) entropy. Returns (loss, {"kl", "agree"}); ``agree`` is the
     fraction of positions where the drafter's argmax is the verifier's greedy token.
     """
+    from validator.drafter import head_token_ids
+
     ids, mask = pad_right(examples, pad_id)
     rows, cols = answer_positions(examples)
     tidx = torch.cat([e["topk_idx"] for e in examples]).long()
@@ -101,12 +109,25 @@ def kd_loss(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
         keep = torch.rand(rows.numel(), generator=gen) < frac
         keep[0] = True
         rows, cols, tidx, tlog = rows[keep], cols[keep], tidx[keep], tlog[keep]
-    h = drafter.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    logq = torch.log_softmax(drafter.lm_head(h[rows, cols]).float(), dim=-1)
+    subset = head_token_ids(drafter)
+    tcol, target = tidx, tidx[:, 0]
+    if subset is not None:  # the teacher renormalised over its top-k inside the head's subset
+        where = torch.full((drafter.lm_head.vocab,), -1, dtype=torch.long)
+        where[subset.cpu()] = torch.arange(subset.numel())
+        tcol = where[tidx]
+        inside = tcol >= 0
+        live = inside.any(-1)  # rows whose top-k misses the subset entirely teach nothing
+        rows, cols, tcol, tlog = rows[live], cols[live], tcol[live].clamp_min(0), tlog[live]
+        tlog = tlog.masked_fill(~inside[live], float("-inf"))
+        target = tcol[:, 0].masked_fill(~inside[live][:, 0], -1)
+    h = drafter.model(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
+    head = drafter.lm_head if subset is None else (
+        lambda x: torch.nn.functional.linear(x, drafter.lm_head.weight))
+    logq = torch.log_softmax(head(h).float(), dim=-1)
     tlogp = torch.log_softmax(tlog / temperature, dim=-1)
     p = tlogp.exp()
-    kl = (p * (tlogp - logq.gather(1, tidx))).sum(-1).mean()
-    agree = float((logq.argmax(-1) == tidx[:, 0]).float().mean())
+    kl = torch.where(p > 0, p * (tlogp - logq.gather(1, tcol)), 0.0).sum(-1).mean()
+    agree = float((logq.argmax(-1) == target).float().mean())
     return kl, {"kl": float(kl.detach()), "agree": agree}
 
 
@@ -120,7 +141,8 @@ def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -
 
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("layers", "source_layers", "batch", "lr", "warmup", "steps", "weight_decay",
-            "temperature", "seed", "data", "val_shards", "loss_frac", "clip", "init")
+            "temperature", "seed", "data", "val_shards", "loss_frac", "clip", "init",
+            "head_tokens")
     return {"loss": "KL(verifier top-k renormalised || drafter), answer tokens only",
             "optimizer": "AdamW, linear warmup then cosine to 0.1x",
             "command": "python -m validator.distill " + " ".join(sys.argv[1:]),
@@ -129,7 +151,7 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Distil a drafter; checkpoints to ``run/ckpt.pt`` and resumes from it."""
-    from validator.drafter import build_drafter, own_parameters, save_drafter
+    from validator.drafter import build_drafter, own_parameters, save_drafter, set_subset_head
     from validator.smollm2 import MODEL_ID, load_verifier
 
     torch.set_num_threads(args.threads)
@@ -141,6 +163,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     verifier, tok = load_verifier()
     src = [int(x) for x in args.source_layers.split(",")] if args.source_layers else None
     drafter = build_drafter(verifier, args.layers, src)
+    head_ids = None
+    if (run / "ckpt.pt").exists():
+        head_ids = torch.load(run / "ckpt.pt", weights_only=False).get("head_ids")
+    elif args.head_tokens:
+        head_ids = subset_ids(tok, verifier, args.head_tokens)
+    set_subset_head(drafter, verifier, head_ids)
     params = own_parameters(drafter)
     for prm in params:
         prm.requires_grad_(True)
@@ -176,9 +204,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                                      if k.startswith(("model.layers.", "model.norm."))},
                                     strict=False)
         log(f"train: new run {run}: {args.layers} layer(s) from verifier layers "
-            f"{drafter.source_layers}, {sum(p.numel() for p in params)} own params"
+            f"{drafter.source_layers}, {sum(p.numel() for p in params)} own params, "
+            + ("full head" if head_ids is None else f"subset head of {len(head_ids)} tokens")
             + (f", initialised from {args.init}" if args.init else ""))
     val = dd.load_examples([Path(n) for n in val_names])
+    val_qids = {int(e["qid"]) for e in val}
     cache: dict[str, list[dict[str, Any]]] = {}
     pad = tok.pad_token_id
     gen = torch.Generator()
@@ -187,7 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         own = {k: v for k, v in drafter.state_dict().items()
                if k.startswith(("model.layers.", "model.norm."))}
         dd.atomic_torch_save({"own": own, "opt": opt.state_dict(), "pos": pos,
-                              "val_names": val_names, "args": vars(args)}, ckpt)
+                              "val_names": val_names, "args": vars(args),
+                              "head_ids": head_ids}, ckpt)
 
     def export(name: str, metrics: dict[str, Any]) -> None:
         meta = {"verifier": MODEL_ID, "recipe": _recipe(args), "metrics": metrics,
@@ -221,7 +252,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         for n in pos["epoch_shards"]:
             if n not in cache:
                 cache[n] = dd.load_examples([Path(n)])
-        examples = [e for n in pos["epoch_shards"] for e in cache[n]]
+        # a question held out for validation is never trained on, whatever its answer kind
+        examples = [e for n in pos["epoch_shards"] for e in cache[n]
+                    if int(e["qid"]) not in val_qids]
         for batch in dd.iter_batches(examples, args.batch, args.seed + pos["epoch"],
                                      skip=pos["batch"]):
             lr = lr_at(pos["step"], args.lr, args.warmup, args.steps)
@@ -296,6 +329,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(res), flush=True)
         if args.write_meta:
             update_metrics(path, "gsm8k_test_eval", res)
+    return 0
+
+
+def subset_ids(tok: Any, verifier: Any, m: int) -> torch.Tensor:
+    """The ``m`` head token ids (module docstring: GSM8K-train answer counts, then lower id)."""
+    from validator.drafter import frequency_ranked
+
+    vocab = int(verifier.lm_head.weight.shape[0])
+    always = [i for i in (tok.eos_token_id, tok.pad_token_id, tok.bos_token_id,
+                          *tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
+              if i is not None and 0 <= int(i) < vocab]
+    return frequency_ranked(dd.token_counts(tok, vocab), m, always)
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    """Write a copy of a drafter whose head covers only ``--head-tokens`` token ids."""
+    from validator.drafter import load_drafter, read_meta, save_drafter, set_subset_head
+    from validator.smollm2 import load_verifier
+
+    verifier, tok = load_verifier()
+    drafter = load_drafter(Path(args.drafter), verifier)
+    set_subset_head(drafter, verifier, subset_ids(tok, verifier, args.head_tokens))
+    meta = read_meta(Path(args.drafter))
+    meta["metrics"] = {}  # measured for the full head; the shrunk drafter must be re-measured
+    meta["shrunk"] = {"from": str(_relative(str(Path(args.drafter).resolve()))),
+                      "head_tokens": args.head_tokens,
+                      "ranking": "GSM8K-train answer token counts, then lower id; specials kept",
+                      "command": "python -m validator.distill " + " ".join(sys.argv[1:])}
+    out = save_drafter(drafter, Path(args.out), meta)
+    print(f"{args.drafter} -> {out} (head of {args.head_tokens} of "
+          f"{verifier.lm_head.weight.shape[0]} tokens)")
     return 0
 
 
@@ -377,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-minutes", type=float, default=5.0)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--log", default=None, help="log file (default run/train.log)")
+    t.add_argument("--head-tokens", type=int, default=None,
+                   help="subset head over this many frequency-ranked token ids (default: the "
+                        "verifier's full head)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="agreement on GSM8K test + latency ratio")
@@ -399,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--name", required=True, help="e.g. smollm2-135m-d3")
     u.add_argument("--dest", default=str(dd.REPO / "drafters"))
     u.set_defaults(func=cmd_publish)
+
+    r = sub.add_parser("shrink", help="copy a drafter with a subset head (no training)")
+    r.add_argument("--drafter", required=True, help="drafter folder")
+    r.add_argument("--head-tokens", type=int, required=True, help="token ids the head keeps")
+    r.add_argument("--out", required=True, help="new drafter folder")
+    r.set_defaults(func=cmd_shrink)
     return p
 
 

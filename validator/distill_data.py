@@ -140,6 +140,16 @@ def generate_batch(model: Any, tok: Any, qids: list[int], questions: list[str],
     return examples
 
 
+def token_counts(tok: Any, vocab: int, path: Path = GSM8K_TRAIN,
+                 limit: int | None = None) -> torch.Tensor:
+    """(vocab,) int64 occurrences of each token id in the answers (cleaned of calculator notes)
+    of a GSM8K-style jsonl file, tokenized as the assistant's text: the frequency ranking a
+    subset drafter head keeps (validator.drafter.frequency_ranked)."""
+    texts = [clean_gold(a) for a in load_questions(path, limit, "answer")]
+    ids = [i for row in tok(texts, add_special_tokens=False)["input_ids"] for i in row]
+    return torch.bincount(torch.as_tensor(ids, dtype=torch.long), minlength=vocab)[:vocab]
+
+
 def shard_path(out_dir: Path, start: int) -> Path:
     return out_dir / f"shard_{start:05d}.pt"
 

@@ -6,10 +6,17 @@ lm_head are the verifier's own module objects: shared, frozen, never copied, nev
 drafter runs like any HF causal LM (``forward(cache=...)``, ``generate``) and costs
 only its own layers plus the shared head.
 
+A drafter may instead carry a *subset head* (``SubsetHead``): the verifier's head restricted to a
+frequency-ranked set of m token ids, so its cost is m/V of the full head's (the 49,152 x 576 head
+is ~3/4 of a 3-layer drafter's multiply-adds). It still returns full-vocabulary logits (-inf off
+the subset), so the drafter's law q is exactly zero there and every consumer stays unchanged;
+speculative sampling stays exact for any q.
+
 On disk a drafter is a folder::
 
-    drafter.safetensors   its own weights only (layers + final norm), fp16 by default
-    drafter.json          n_layers, source layers, verifier identity, recipe, metrics
+    drafter.safetensors   its own weights only (layers + final norm), fp16 by default, and
+                          ``head.token_ids`` (int32) when it has a subset head
+    drafter.json          n_layers, source layers, head_tokens, verifier identity, recipe, metrics
 
 Caution: ``drafter.to(dtype)`` would also cast the shared verifier modules; cast
 ``drafter.model.layers`` / ``drafter.model.norm`` instead (``own_modules``).
@@ -29,10 +36,68 @@ from torch import nn
 WEIGHTS = "drafter.safetensors"
 META = "drafter.json"
 SHARED_PREFIXES = ("model.embed_tokens.", "lm_head.")
+HEAD_IDS = "head.token_ids"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # A transformers LlamaForCausalLM; typed Any because nn.Module's attribute access
 # (Tensor | Module) hides the submodules from a type checker.
 Llama = Any
+
+
+class SubsetHead(nn.Module):
+    """The verifier's ``lm_head`` restricted to ``token_ids`` (m of V rows).
+
+    forward(h) -> full-vocabulary logits: h @ W[token_ids].T at the subset's columns, -inf
+    elsewhere. The m rows are copied from the verifier's head at build time (derived, never
+    saved: m x d floats, 18 MiB at m = 8192, d = 576, float32).
+    """
+
+    token_ids: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self, full: nn.Linear, token_ids: torch.Tensor) -> None:
+        super().__init__()
+        weight = full.weight.detach()
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=weight.device)
+        if ids.ndim != 1 or ids.numel() == 0 or bool((ids[1:] <= ids[:-1]).any()):
+            raise ValueError("token_ids must be a non-empty, strictly increasing 1-D list")
+        if int(ids[0]) < 0 or int(ids[-1]) >= weight.shape[0]:
+            raise ValueError(f"token_ids must lie in [0, {weight.shape[0]})")
+        self.vocab = int(weight.shape[0])
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.register_buffer("weight", weight[ids].clone(), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        sub = nn.functional.linear(h, self.weight)
+        out = sub.new_full((*sub.shape[:-1], self.vocab), float("-inf"))
+        return out.index_copy_(-1, self.token_ids, sub)
+
+
+def head_token_ids(drafter: Llama) -> torch.Tensor | None:
+    """The subset head's token ids (sorted, long), or None for the verifier's full head."""
+    head = drafter.lm_head
+    return head.token_ids if isinstance(head, SubsetHead) else None
+
+
+def set_subset_head(drafter: Llama, verifier: Llama, token_ids: torch.Tensor | None) -> Llama:
+    """Give ``drafter`` a subset head over ``token_ids`` (None: the verifier's shared head)."""
+    drafter.lm_head = verifier.lm_head if token_ids is None else SubsetHead(verifier.lm_head,
+                                                                          token_ids)
+    return drafter
+
+
+def frequency_ranked(counts: torch.Tensor, m: int, always: list[int] | tuple[int, ...] = ()
+                     ) -> torch.Tensor:
+    """The ``m`` most frequent token ids by ``counts`` (V,) plus ``always`` (special tokens),
+    sorted; ties go to the lower id. Raises if m is not in [len(always), V]."""
+    v = int(counts.numel())
+    always_t = torch.as_tensor(sorted(set(int(a) for a in always)), dtype=torch.long)
+    if not len(always_t) <= m <= v:
+        raise ValueError(f"head size {m} must lie in [{len(always_t)}, {v}]")
+    score = counts.to(torch.float64).clone()
+    score[always_t] = float("inf")
+    # stable sort on -score keeps ties in id order
+    order = torch.sort(-score, stable=True).indices[:m]
+    return torch.sort(order).values
 
 
 def own_modules(drafter: Llama) -> list[nn.Module]:
@@ -116,6 +181,7 @@ def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
     if round_in_place:
         round_own_weights(drafter, dtype)
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in own_state_dict(drafter).items()}
+    ids = head_token_ids(drafter)
     info = dict(meta)
     info.update({
         "format": "entrospec-drafter/1",
@@ -123,8 +189,12 @@ def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
         "source_layers": list(getattr(drafter, "source_layers", [])) or None,
         "weights_dtype": str(dtype).removeprefix("torch."),
         "own_params": int(sum(t.numel() for t in tensors.values())),
-        "shared_with_verifier": ["model.embed_tokens", "lm_head"],
+        "head_tokens": None if ids is None else int(ids.numel()),
+        "shared_with_verifier": ["model.embed_tokens", "lm_head" if ids is None
+                                 else "lm_head rows at head.token_ids"],
     })
+    if ids is not None:
+        tensors[HEAD_IDS] = ids.to(device="cpu", dtype=torch.int32).contiguous()
     tmp_w = folder / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp_w), metadata={"format": "pt"})
     tmp_m = folder / (META + ".tmp")
@@ -159,14 +229,18 @@ def load_drafter(folder: str | Path, verifier: Llama) -> Llama:
     meta = read_meta(folder)
     drafter = build_drafter(verifier, int(meta["n_layers"]), meta.get("source_layers"), init=False)
     ref = verifier.model.embed_tokens.weight
-    state = {k: v.to(device=ref.device, dtype=ref.dtype)
-             for k, v in load_file(str(Path(folder) / WEIGHTS)).items()}
+    state = load_file(str(Path(folder) / WEIGHTS))
+    ids = state.pop(HEAD_IDS, None)
+    if (ids is None) != (meta.get("head_tokens") is None):
+        raise ValueError(f"{folder}: head_tokens in {META} and {HEAD_IDS} in {WEIGHTS} disagree")
+    state = {k: v.to(device=ref.device, dtype=ref.dtype) for k, v in state.items()}
     expected = set(own_state_dict(drafter))
     if set(state) != expected:
         raise ValueError(f"{folder}: weight names differ from a {meta['n_layers']}-layer drafter: "
                          f"missing {sorted(expected - set(state))[:3]}, "
                          f"unexpected {sorted(set(state) - expected)[:3]}")
     drafter.load_state_dict(state, strict=False)
+    set_subset_head(drafter, verifier, ids)
     drafter.eval()
     drafter.requires_grad_(False)
     return drafter

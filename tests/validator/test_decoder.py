@@ -218,6 +218,19 @@ def test_greedy_output_is_the_verifiers_and_rounds_are_the_replays(
         assert len(used) >= 2
 
 
+def test_greedy_output_is_the_verifiers_with_a_subset_head_drafter(pair: Any) -> None:
+    """Drafts from a head over a third of the vocabulary: still the verifier's greedy output."""
+    from validator.drafter import set_subset_head
+
+    verifier, drafters = pair
+    d = copy.deepcopy(drafters[0])
+    set_subset_head(d, d, torch.arange(0, VOCAB, 3))
+    prompt = [3, 14, 15, 9]
+    out = speculative_generate(verifier, [d], torch.tensor(prompt), make("fixed", {"k": 4}), 24)
+    assert list(out.tokens) == plain_greedy(verifier, prompt, 24)
+    assert sum(r.drafted for r in out.rounds) > 0 and any(r.accepted for r in out.rounds)
+
+
 def test_eos_ends_generation_and_drops_tokens_after_it(pair: Any) -> None:
     verifier, drafters = pair
     ref = plain_greedy(verifier, PROMPTS[0], 30)

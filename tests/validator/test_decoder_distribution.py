@@ -271,6 +271,21 @@ def test_sampled_output_law_is_the_verifiers(small: Any, name: str, params: dict
     _compare(decoder_law(verifier, drafters, make(name, params)), verifier_law(verifier))
 
 
+@pytest.mark.parametrize(("name", "params"),
+                         [("fixed", {"k": 2}), ("router", {"thresholds": "0.9"})])
+def test_sampled_output_law_is_the_verifiers_with_a_subset_head_drafter(
+        small: Any, name: str, params: dict) -> None:
+    """A drafter whose head covers tokens {0, 2, 3} only (q = 0 on token 1, which the verifier
+    still emits): speculative sampling stays exact."""
+    from validator.drafter import set_subset_head
+
+    verifier, drafters = small
+    inner = perturbed(verifier.inner, 22, 0.3)
+    subset = Memo(set_subset_head(inner, inner, torch.tensor([0, 2, 3])))
+    _compare(decoder_law(verifier, [subset, drafters[1]], make(name, params)),
+             verifier_law(verifier))
+
+
 def relaxed_law(verifier: Memo, drafter: Memo, rule: str) -> dict[tuple[int, ...], float]:
     """Analytic law of k=1 rounds with every draft judged by ``rule``: a round on prefix s emits
     x ~ q kept w.p. a(x) then a bonus ~ p, or on rejection one token ~ r; a round with one

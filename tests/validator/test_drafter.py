@@ -12,12 +12,17 @@ pytest.importorskip("safetensors")
 
 from validator.distill import kd_loss, lr_at  # noqa: E402
 from validator.drafter import (  # noqa: E402
+    HEAD_IDS,
     WEIGHTS,
+    SubsetHead,
     build_drafter,
+    frequency_ranked,
+    head_token_ids,
     load_drafter,
     own_parameters,
     read_meta,
     save_drafter,
+    set_subset_head,
 )
 
 VOCAB, TOPK, PAD = 128, 16, 0
@@ -140,6 +145,82 @@ def test_kd_loss_zero_for_teacher_itself(verifier: torch.nn.Module) -> None:
     with torch.no_grad():
         kl, st = kd_loss(d, batch, PAD)
     assert abs(float(kl)) < 1e-4 and st["agree"] == 1.0
+
+
+def test_subset_head_is_the_full_head_on_its_tokens_and_minus_inf_elsewhere(
+        verifier: torch.nn.Module) -> None:
+    ids = torch.tensor([2, 5, 6, 40, 127])
+    d = set_subset_head(build_drafter(verifier, 2), verifier, ids)
+    full = build_drafter(verifier, 2)
+    x = torch.randint(0, VOCAB, (3, 9))
+    with torch.no_grad():
+        got, ref = d(x).logits, full(x).logits
+    off = torch.ones(VOCAB, dtype=torch.bool)
+    off[ids] = False
+    assert torch.allclose(got[..., ids], ref[..., ids], atol=1e-6)
+    assert bool(torch.isneginf(got[..., off]).all())
+    q = torch.softmax(got, -1)  # the drafter's law: exactly zero off the subset, sums to one
+    assert bool((q[..., off] == 0).all()) and torch.allclose(q.sum(-1), torch.ones(3, 9))
+    from validator.signals import draft_signals
+
+    assert bool(torch.isfinite(draft_signals(got, 4)).all())  # 0 log 0 = 0, no NaN
+    assert torch.equal(head_token_ids(d), ids) and head_token_ids(full) is None
+
+
+def test_subset_head_rejects_bad_ids(verifier: torch.nn.Module) -> None:
+    for bad in ([], [3, 3], [5, 2], [-1, 4], [4, VOCAB]):
+        with pytest.raises(ValueError):
+            SubsetHead(verifier.lm_head, torch.tensor(bad, dtype=torch.long))
+
+
+def test_frequency_ranked_keeps_the_most_frequent_ties_to_lower_ids_and_specials() -> None:
+    counts = torch.tensor([0, 5, 9, 5, 0, 7, 0, 0])
+    assert frequency_ranked(counts, 3).tolist() == [1, 2, 5]
+    assert frequency_ranked(counts, 4).tolist() == [1, 2, 3, 5]
+    assert frequency_ranked(counts, 6).tolist() == [0, 1, 2, 3, 4, 5]  # rest by lower id
+    assert frequency_ranked(counts, 3, always=[7]).tolist() == [2, 5, 7]
+    with pytest.raises(ValueError):
+        frequency_ranked(counts, 9)
+
+
+def test_subset_head_save_load_roundtrip(verifier: torch.nn.Module, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    ids = torch.arange(0, VOCAB, 3)
+    d = set_subset_head(build_drafter(verifier, 1), verifier, ids)
+    folder = save_drafter(d, tmp_path / "sub", {})
+    d2 = load_drafter(folder, verifier)
+    x = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(d(x).logits, d2(x).logits)
+    assert torch.equal(head_token_ids(d2), ids)
+    assert read_meta(folder)["head_tokens"] == len(ids)
+    with safe_open(str(folder / WEIGHTS), "pt") as fh:
+        assert fh.get_tensor(HEAD_IDS).tolist() == ids.tolist()
+        assert not any(k.startswith("lm_head") for k in fh.keys())  # rows derived, not saved
+
+
+def test_kd_loss_with_subset_head_scores_the_teacher_inside_the_subset(
+        verifier: torch.nn.Module) -> None:
+    """A full-depth drafter with a subset head is the teacher restricted to the subset: its KL
+    to the teacher renormalised over the subset is ~0 and every step it is trained is finite."""
+    ids = torch.arange(0, VOCAB, 2)
+    d = set_subset_head(build_drafter(verifier, 4), verifier, ids)
+    batch = _examples(verifier)
+    for e in batch:
+        with torch.no_grad():
+            lg = verifier(e["ids"].long()[None]).logits[0, e["answer_start"] - 1:-1]
+        v, idx = lg.topk(VOCAB, -1)
+        e["topk_idx"], e["topk_logit"] = idx.to(torch.int32), v
+    with torch.no_grad():
+        kl, st = kd_loss(d, batch, PAD)
+    assert abs(float(kl)) < 1e-4
+    small = set_subset_head(build_drafter(verifier, 1), verifier, ids)
+    for p in own_parameters(small):
+        p.requires_grad_(True)
+    loss, _ = kd_loss(small, _examples(verifier), PAD)  # top-16 teachers, half off the subset
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in own_parameters(small))
 
 
 def test_lr_schedule() -> None:
