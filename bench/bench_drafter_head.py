@@ -120,7 +120,8 @@ def main() -> int:
             set_subset_head(drafter, verifier, None)
 
     print(f"\nsubset drafter heads: smollm2-135m, {args.threads} thread(s), float32 CPU; "
-          f"agreement over the first {args.prompts} prompts of {Path(args.gsm8k).name}; "
+          f"agreement over the first {args.prompts} prompts of {Path(args.gsm8k).name} "
+          f"({rows[0][4]} positions); "
           f"cost = decode latency ratio at {args.context} context")
     head = (f"{'drafter':<18}{'head':>7}{'cov gsm8k':>11}{'cov spec':>10}{'agreement':>11}"
             f"{'ms/token':>10}{'cost':>7}{'agree x':>9}{'cost x':>8}")

@@ -209,7 +209,8 @@ def decode_cost(cfg: dict[str, Any], new: np.ndarray, context: np.ndarray,
     inter, vocab = cfg["intermediate_size"], cfg["vocab_size"]
     mlp_mats = 3 if cfg.get("gated_mlp", True) else 2
     per_layer = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2 + mlp_mats * h * inter
-    dense = layers * per_layer + vocab * h  # layers + LM head (embedding lookup is a gather)
+    head = cfg.get("head_tokens") or vocab  # a subset head computes only its rows
+    dense = layers * per_layer + head * h  # layers + LM head (embedding lookup is a gather)
     n = np.asarray(new, dtype=np.float64)
     c = np.asarray(context, dtype=np.float64)
     kv = 2.0 * layers * kv_heads * head_dim

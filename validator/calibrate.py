@@ -125,7 +125,20 @@ def build_random(cfg: dict[str, Any], dtype: str, device: str) -> Any:
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=getattr(torch, dtype))
-    return model.eval().requires_grad_(False)
+    return with_head(model.eval().requires_grad_(False), model, cfg)
+
+
+def with_head(model: Any, verifier: Any, cfg: dict[str, Any]) -> Any:
+    """``model`` with the subset head ``cfg`` names (``head_tokens``: its first that many rows of
+    ``verifier``'s head; timing depends on how many, not which), else unchanged."""
+    if not cfg.get("head_tokens"):
+        return model
+    import torch
+
+    from validator.drafter import set_subset_head
+
+    ids = torch.arange(int(cfg["head_tokens"]), device=verifier.lm_head.weight.device)
+    return set_subset_head(model, verifier, ids)
 
 
 def build_real(roles: dict[str, dict[str, Any]], dtype: str, device: str) -> dict[str, Any]:
@@ -142,7 +155,8 @@ def build_real(roles: dict[str, dict[str, Any]], dtype: str, device: str) -> dic
 
     verifier, _ = load_verifier(dtype=getattr(torch, dtype), device=device)
     return {role: verifier if role == "verifier" else
-            build_drafter(verifier, int(cfg["num_hidden_layers"])) for role, cfg in roles.items()}
+            with_head(build_drafter(verifier, int(cfg["num_hidden_layers"])), verifier, cfg)
+            for role, cfg in roles.items()}
 
 
 # ---- steps and timing ----------------------------------------------------------------------

@@ -45,8 +45,9 @@ def main(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default)")] = 0,
-    drafters_dir: Annotated[Path | None, typer.Option(help="folder of trained drafters")]
-    = None,
+    drafters_dir: Annotated[Path | None, typer.Option(
+        help="use every drafter trained in this folder (SmolLM2 pairs; default: the pair's "
+             "listed drafters in drafters/)")] = None,
     out: Annotated[Path | None, typer.Option(
         help="report folder (default reports/validate-PAIR-DEVICE)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -183,9 +184,9 @@ def record(
     dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA) | "
                                             "float32 | bfloat16 | float16")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default)")] = 0,
-    drafters_dir: Annotated[Path | None, typer.Option(help="folder of trained drafters "
-                                                           "(smollm2-135m; default drafters/)")]
-    = None,
+    drafters_dir: Annotated[Path | None, typer.Option(
+        help="use every drafter trained in this folder (SmolLM2 pairs; default: the pair's "
+             "listed drafters in drafters/)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
     progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
     partial: Annotated[bool, typer.Option(
@@ -209,8 +210,7 @@ def record(
     cfg.check()
     selected = load_prompts(dataset, prompts)
     pair_spec = pairs.get_pair(pair)
-    folder = drafters_dir if drafters_dir is not None else pairs.DRAFTERS_DIR
-    pairs.check_available(pair_spec, folder)
+    pairs.check_available(pair_spec, drafters_dir)
     dev = _device(device)
     dt = _dtype(dtype, dev)
     cli_args = {"pair": pair, "dataset": dataset, "n_prompts": len(selected),
@@ -222,7 +222,7 @@ def record(
         import torch
 
         torch.set_num_threads(threads)
-    loaded = pairs.load_pair(pair, dev, dt, folder, progress=progress)
+    loaded = pairs.load_pair(pair, dev, dt, drafters_dir, progress=progress)
     ids = [loaded.encode(p.text) for p in selected]
     command = ["validate", "record", "--pair", pair, "--dataset", dataset, "--prompts",
                str(len(selected)), "--max-new-tokens", str(max_new_tokens), "--temperature",

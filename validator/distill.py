@@ -5,7 +5,7 @@
     python -m validator.distill eval  --drafter runs/distill/d2/final
     python -m validator.distill publish --drafter runs/distill/d2/best --name smollm2-135m-d2
     python -m validator.distill shrink --drafter drafters/smollm2-135m-d3 --head-tokens 8192 \
-        --out runs/distill/d3-h8k
+        --out drafters/smollm2-135m-d3-h8k
 
 ``--head-tokens M`` (train, shrink) gives the drafter a subset head over the M token ids most
 frequent in GSM8K-train answers, ties and the remainder by lower id (BPE ids come in merge order,
@@ -142,7 +142,7 @@ def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("layers", "source_layers", "batch", "lr", "warmup", "steps", "weight_decay",
             "temperature", "seed", "data", "val_shards", "loss_frac", "clip", "init",
-            "head_tokens")
+            "head_tokens", "grow", "freeze_init")
     return {"loss": "KL(verifier top-k renormalised || drafter), answer tokens only",
             "optimizer": "AdamW, linear warmup then cosine to 0.1x",
             "command": "python -m validator.distill " + " ".join(sys.argv[1:]),
@@ -151,7 +151,13 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Distil a drafter; checkpoints to ``run/ckpt.pt`` and resumes from it."""
-    from validator.drafter import build_drafter, own_parameters, save_drafter, set_subset_head
+    from validator.drafter import (
+        build_drafter,
+        own_parameters,
+        save_drafter,
+        set_subset_head,
+        silence_layers,
+    )
     from validator.smollm2 import MODEL_ID, load_verifier
 
     torch.set_num_threads(args.threads)
@@ -169,7 +175,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.head_tokens:
         head_ids = subset_ids(tok, verifier, args.head_tokens)
     set_subset_head(drafter, verifier, head_ids)
-    params = own_parameters(drafter)
+    frozen = 0
+    if args.freeze_init:
+        if not args.init:
+            raise SystemExit("distill train: --freeze-init needs --init")
+        from validator.drafter import read_meta
+
+        frozen = int(read_meta(Path(args.init))["n_layers"])
+    params = [p for i, layer in enumerate(drafter.model.layers) if i >= frozen
+              for p in layer.parameters()] + list(drafter.model.norm.parameters())
+    assert set(map(id, params)) <= set(map(id, own_parameters(drafter)))
+    for prm in own_parameters(drafter):  # frozen layers need no backward pass at all
+        prm.requires_grad_(False)
     for prm in params:
         prm.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -203,6 +220,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             drafter.load_state_dict({k: v.float() for k, v in init.state_dict().items()
                                      if k.startswith(("model.layers.", "model.norm."))},
                                     strict=False)
+            grown = range(init.config.num_hidden_layers, args.layers)
+            if args.grow == "identity":  # new layers add nothing yet: the init drafter exactly
+                silence_layers(drafter, grown)
+            log(f"train: layers {list(grown)} beyond {args.init}'s from verifier layers "
+                f"{[drafter.source_layers[i] for i in grown]}"
+                + (" with zeroed output projections (identity)" if args.grow == "identity"
+                   else ""))
         log(f"train: new run {run}: {args.layers} layer(s) from verifier layers "
             f"{drafter.source_layers}, {sum(p.numel() for p in params)} own params, "
             + ("full head" if head_ids is None else f"subset head of {len(head_ids)} tokens")
@@ -223,7 +247,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     def export(name: str, metrics: dict[str, Any]) -> None:
         meta = {"verifier": MODEL_ID, "recipe": _recipe(args), "metrics": metrics,
                 "train_step": pos["step"]}
-        save_drafter(drafter, run / name, meta, round_in_place=False)
+        save_drafter(drafter, run / name, meta, round_in_place=False,
+                     layers_from=(Path(args.init), frozen) if frozen else None)
 
     def evaluate() -> dict[str, Any]:
         drafter.eval()
@@ -344,21 +369,19 @@ def subset_ids(tok: Any, verifier: Any, m: int) -> torch.Tensor:
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
-    """Write a copy of a drafter whose head covers only ``--head-tokens`` token ids."""
-    from validator.drafter import load_drafter, read_meta, save_drafter, set_subset_head
+    """Write a drafter that is ``--drafter``'s layers with a subset head (layers not copied)."""
+    from validator.drafter import read_meta, save_shrunk
     from validator.smollm2 import load_verifier
 
     verifier, tok = load_verifier()
-    drafter = load_drafter(Path(args.drafter), verifier)
-    set_subset_head(drafter, verifier, subset_ids(tok, verifier, args.head_tokens))
-    meta = read_meta(Path(args.drafter))
-    meta["metrics"] = {}  # measured for the full head; the shrunk drafter must be re-measured
-    meta["shrunk"] = {"from": str(_relative(str(Path(args.drafter).resolve()))),
-                      "head_tokens": args.head_tokens,
-                      "ranking": "GSM8K-train answer token counts, then lower id; specials kept",
-                      "command": "python -m validator.distill " + " ".join(sys.argv[1:])}
-    out = save_drafter(drafter, Path(args.out), meta)
-    print(f"{args.drafter} -> {out} (head of {args.head_tokens} of "
+    ids = subset_ids(tok, verifier, args.head_tokens)
+    src = Path(args.drafter)
+    meta = {"recipe": read_meta(src).get("recipe"),
+            "shrunk": {"from": src.name, "head_tokens": args.head_tokens,
+                       "ranking": "GSM8K-train answer token counts, then lower id; specials kept",
+                       "command": "python -m validator.distill " + " ".join(sys.argv[1:])}}
+    out = save_shrunk(Path(args.out), src, ids, meta)
+    print(f"{src} -> {out} (its layers, a head over {args.head_tokens} of "
           f"{verifier.lm_head.weight.shape[0]} tokens)")
     return 0
 
@@ -388,6 +411,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     shutil.copyfile(src / WEIGHTS, dest / (WEIGHTS + ".tmp"))
     (dest / (WEIGHTS + ".tmp")).replace(dest / WEIGHTS)
     meta = _relative(meta)  # no machine-specific absolute paths in the shipped metadata
+    if meta.get("layers_from"):  # still the same folder, seen from the new place
+        import os
+
+        meta["layers_from"] = os.path.relpath((src / meta["layers_from"]).resolve(), dest)
     meta["published"] = {"from": str(_relative(str(src.resolve()))),
                          "command": "python -m validator.distill " + " ".join(sys.argv[1:])}
     (dest / (META + ".tmp")).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -425,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard folders (own answers first: its first shards are held out)")
     t.add_argument("--val-shards", type=int, default=1, help="first N shards held out")
     t.add_argument("--init", default=None, help="start from a saved drafter folder")
+    t.add_argument("--freeze-init", action="store_true",
+                   help="train only the layers beyond --init's depth (and the final norm); the "
+                        "saved drafter stores those and names --init for the rest")
+    t.add_argument("--grow", choices=("copy", "identity"), default="copy",
+                   help="layers beyond --init's depth: the verifier's layers as they are, or "
+                        "with zeroed attention/MLP output projections (the drafter starts as "
+                        "--init exactly)")
     t.add_argument("--min-shards", type=int, default=4, help="training shards to wait for")
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=5e-4)
@@ -467,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dest", default=str(dd.REPO / "drafters"))
     u.set_defaults(func=cmd_publish)
 
-    r = sub.add_parser("shrink", help="copy a drafter with a subset head (no training)")
+    r = sub.add_parser("shrink", help="a drafter's layers with a subset head (no training; "
+                                      "layers shared, not copied)")
     r.add_argument("--drafter", required=True, help="drafter folder")
     r.add_argument("--head-tokens", type=int, required=True, help="token ids the head keeps")
     r.add_argument("--out", required=True, help="new drafter folder")

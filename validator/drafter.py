@@ -18,6 +18,12 @@ On disk a drafter is a folder::
                           ``head.token_ids`` (int32) when it has a subset head
     drafter.json          n_layers, source layers, head_tokens, verifier identity, recipe, metrics
 
+A drafter may take weights from another folder instead of copying them: its drafter.json names
+``layers_from`` (a relative path) and its own file's tensors override that folder's. A drafter
+that only changes another's head (``distill shrink``, ``save_shrunk``) holds only
+``head.token_ids``; one grown on a frozen shallower drafter (``distill train --init D
+--freeze-init``) holds only its new layers and norm (``shared_layers`` = D's depth).
+
 Caution: ``drafter.to(dtype)`` would also cast the shared verifier modules; cast
 ``drafter.model.layers`` / ``drafter.model.norm`` instead (``own_modules``).
 """
@@ -159,6 +165,16 @@ def build_drafter(verifier: Llama, n_layers: int,
     return drafter
 
 
+def silence_layers(drafter: Llama, layers: Any) -> None:
+    """Zero the attention and MLP output projections of ``layers`` (indices): each becomes the
+    identity on the residual stream, so a drafter grown from a shallower one starts out computing
+    exactly what that one computes, and training moves on from there."""
+    with torch.no_grad():
+        for i in layers:
+            drafter.model.layers[i].self_attn.o_proj.weight.zero_()
+            drafter.model.layers[i].mlp.down_proj.weight.zero_()
+
+
 def round_own_weights(drafter: Llama, dtype: torch.dtype) -> None:
     """Round the drafter's own weights in place to ``dtype`` precision (keeping their dtype)."""
     with torch.no_grad():
@@ -167,11 +183,14 @@ def round_own_weights(drafter: Llama, dtype: torch.dtype) -> None:
 
 
 def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
-                 dtype: torch.dtype = torch.float16, round_in_place: bool = True) -> Path:
+                 dtype: torch.dtype = torch.float16, round_in_place: bool = True,
+                 layers_from: tuple[str | Path, int] | None = None) -> Path:
     """Write the drafter's own weights (``dtype``) and ``meta`` + its shape to ``folder``.
 
     With ``round_in_place`` the in-memory drafter is rounded to ``dtype`` precision first, so it
     computes exactly what a reload computes (training passes False to keep full precision).
+    ``layers_from=(source, n)``: its first n layers are ``source``'s drafter's, unchanged (a
+    drafter grown on a frozen one); they are not written, the file names ``source`` instead.
     Files are written to temp names and renamed into place.
     """
     from safetensors.torch import save_file
@@ -180,9 +199,15 @@ def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
     folder.mkdir(parents=True, exist_ok=True)
     if round_in_place:
         round_own_weights(drafter, dtype)
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in own_state_dict(drafter).items()}
+    shared = () if layers_from is None else tuple(f"model.layers.{i}."
+                                                  for i in range(layers_from[1]))
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in own_state_dict(drafter).items()
+               if not (shared and k.startswith(shared))}
     ids = head_token_ids(drafter)
     info = dict(meta)
+    if layers_from is not None:
+        info["layers_from"] = os.path.relpath(layers_from[0], folder)
+        info["shared_layers"] = int(layers_from[1])
     info.update({
         "format": "entrospec-drafter/1",
         "n_layers": int(drafter.config.num_hidden_layers),
@@ -219,20 +244,65 @@ def update_metrics(folder: str | Path, key: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_drafter(folder: str | Path, verifier: Llama) -> Llama:
-    """Load a saved drafter onto ``verifier`` (sharing its embedding and head), eval mode.
+def weight_files(folder: str | Path) -> list[Path]:
+    """The files a drafter's weights come from: its ``layers_from`` chain's, then its own."""
+    folder = Path(folder)
+    src = read_meta(folder).get("layers_from")
+    return (weight_files(Path(os.path.normpath(folder / src))) if src else []) + [folder / WEIGHTS]
 
-    The own weights are cast to the verifier's dtype and device.
-    """
+
+def _stored_state(folder: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """(weights by name, head token ids or None) of a drafter folder: its ``layers_from``
+    source's weights overridden by its own file's (which may hold only the head ids)."""
     from safetensors.torch import load_file
 
     meta = read_meta(folder)
-    drafter = build_drafter(verifier, int(meta["n_layers"]), meta.get("source_layers"), init=False)
-    ref = verifier.model.embed_tokens.weight
-    state = load_file(str(Path(folder) / WEIGHTS))
-    ids = state.pop(HEAD_IDS, None)
+    own = load_file(str(folder / WEIGHTS))
+    ids = own.pop(HEAD_IDS, None)
     if (ids is None) != (meta.get("head_tokens") is None):
         raise ValueError(f"{folder}: head_tokens in {META} and {HEAD_IDS} in {WEIGHTS} disagree")
+    if not meta.get("layers_from"):
+        return own, ids
+    state, _ = _stored_state(folder / meta["layers_from"])
+    return {**state, **own}, ids
+
+
+def save_shrunk(folder: str | Path, source: str | Path, token_ids: torch.Tensor,
+                meta: dict[str, Any]) -> Path:
+    """A drafter that is ``source``'s layers with a subset head over ``token_ids``, stored
+    without copying them: ``drafter.json`` names ``layers_from`` (a path relative to ``folder``)
+    and ``drafter.safetensors`` holds only ``head.token_ids``. Written atomically."""
+    from safetensors.torch import save_file
+
+    folder, source = Path(folder), Path(source)
+    src_meta = read_meta(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = torch.as_tensor(token_ids).to(torch.int32).contiguous()
+    info = {**meta, "format": "entrospec-drafter/1",
+            "layers_from": os.path.relpath(source, folder),
+            "n_layers": src_meta["n_layers"], "source_layers": src_meta.get("source_layers"),
+            "weights_dtype": src_meta.get("weights_dtype"),
+            "own_params": src_meta.get("own_params"),
+            "head_tokens": int(ids.numel()), "verifier": src_meta.get("verifier"),
+            "shared_with_verifier": ["model.embed_tokens", "lm_head rows at head.token_ids"]}
+    tmp_w, tmp_m = folder / (WEIGHTS + ".tmp"), folder / (META + ".tmp")
+    save_file({HEAD_IDS: ids}, str(tmp_w), metadata={"format": "pt"})
+    tmp_m.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_w, folder / WEIGHTS)
+    os.replace(tmp_m, folder / META)
+    return folder
+
+
+def load_drafter(folder: str | Path, verifier: Llama) -> Llama:
+    """Load a saved drafter onto ``verifier`` (sharing its embedding and head), eval mode.
+
+    The own weights are cast to the verifier's dtype and device; a ``layers_from`` drafter takes
+    what its own file lacks from that folder (recursively).
+    """
+    meta = read_meta(folder)
+    drafter = build_drafter(verifier, int(meta["n_layers"]), meta.get("source_layers"), init=False)
+    ref = verifier.model.embed_tokens.weight
+    state, ids = _stored_state(Path(folder))
     state = {k: v.to(device=ref.device, dtype=ref.dtype) for k, v in state.items()}
     expected = set(own_state_dict(drafter))
     if set(state) != expected:

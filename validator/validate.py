@@ -647,16 +647,15 @@ def validate_pair(pair: str, dataset: str, n_prompts: int, specs: Sequence[Polic
         torch.set_num_threads(threads)
     selected = load_prompts(dataset, n_prompts)
     pair_spec = pairs.get_pair(pair)
-    folder = drafters_dir if drafters_dir is not None else pairs.DRAFTERS_DIR
-    pairs.check_available(pair_spec, folder)
+    pairs.check_available(pair_spec, drafters_dir)
     have = [d.name for d in pair_spec.drafters] if pair_spec.verifier is not None else \
-        [f.name for f in pairs.trained_drafters(folder)]
+        [f.name for f in pairs.drafter_folders(pair_spec, drafters_dir)]
     for name in drafters or []:
         if name not in have:
             raise ValidateError(f"--drafter {name!r}: pair {pair} has drafters {have}")
     prof, note = resolve_profile(pair, device, threads, profile, log, progress=progress)
     latency = _load_profile(prof)
-    loaded = pairs.load_pair(pair, device, dtype, folder, progress=progress)
+    loaded = pairs.load_pair(pair, device, dtype, drafters_dir, progress=progress)
     ids = [loaded.encode(p.text) for p in selected]
     cfg = RecordConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     cfg.check()

@@ -148,8 +148,27 @@ def test_model_configs_build_the_shapes_the_roofline_counts(name: str) -> None:
     _, flops = decode_cost(cfg, np.array(1.0), np.array(0.0), 4.0)
     dense = flops / 2 - 2 * cfg["num_hidden_layers"] * cfg["num_attention_heads"] * \
         cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
-    untied = 0 if cfg["tie_word_embeddings"] else cfg["vocab_size"] * cfg["hidden_size"]
-    assert params == pytest.approx(dense + untied, rel=0.03)  # norms, biases, positions
+    h, vocab = cfg["hidden_size"], cfg["vocab_size"]
+    head = cfg.get("head_tokens") or vocab  # the roofline counts a subset head's rows only
+    tables = (1 if cfg["tie_word_embeddings"] else 2) * vocab * h  # embedding (+ untied head)
+    assert params == pytest.approx(dense - head * h + tables, rel=0.03)  # norms, biases, positions
+
+
+def test_a_subset_head_config_builds_that_head_and_prices_fewer_flops() -> None:
+    from validator.calibrate import build_random, with_head
+    from validator.drafter import SubsetHead
+
+    cfg = json.loads((CONFIG_DIR / "models" / "smollm2-135m-d3-h8k.json").read_text())
+    full = json.loads((CONFIG_DIR / "models" / "smollm2-135m-d3.json").read_text())
+    tiny = {**cfg, "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 8, "intermediate_size": 32, "vocab_size": 64,
+            "head_tokens": 8}
+    model = build_random(tiny, "float32", "cpu")
+    assert isinstance(model.lm_head, SubsetHead) and model.lm_head.weight.shape == (8, 16)
+    assert with_head(model, model, full) is model  # no head_tokens: unchanged
+    n, c = np.array(1.0), np.array(300.0)
+    saved = decode_cost(full, n, c, 2.0)[1] - decode_cost(cfg, n, c, 2.0)[1]
+    assert saved == pytest.approx(2 * (49152 - 8192) * 576)
 
 
 def test_unknown_pair_is_a_one_line_error_exit_2(tmp_path: Path) -> None:

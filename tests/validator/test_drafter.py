@@ -23,6 +23,7 @@ from validator.drafter import (  # noqa: E402
     read_meta,
     save_drafter,
     set_subset_head,
+    silence_layers,
 )
 
 VOCAB, TOPK, PAD = 128, 16, 0
@@ -221,6 +222,59 @@ def test_kd_loss_with_subset_head_scores_the_teacher_inside_the_subset(
     loss, _ = kd_loss(small, _examples(verifier), PAD)  # top-16 teachers, half off the subset
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in own_parameters(small))
+
+
+def test_a_grown_drafter_with_silenced_new_layers_computes_what_the_shallow_one_does(
+        verifier: torch.nn.Module) -> None:
+    shallow = build_drafter(verifier, 2)
+    with torch.no_grad():
+        for p in own_parameters(shallow):
+            p.add_(0.05 * torch.randn_like(p))
+    deep = build_drafter(verifier, 4)
+    deep.load_state_dict({k: v for k, v in shallow.state_dict().items()
+                          if k.startswith(("model.layers.", "model.norm."))}, strict=False)
+    x = torch.randint(0, VOCAB, (2, 11))
+    with torch.no_grad():
+        assert not torch.allclose(deep(x).logits, shallow(x).logits)
+        silence_layers(deep, range(2, 4))
+        assert torch.allclose(deep(x).logits, shallow(x).logits, atol=1e-5)
+    for p in own_parameters(deep):  # and it trains: the new layers get gradients after a step
+        p.requires_grad_(True)
+    loss, _ = kd_loss(deep, _examples(verifier), PAD)
+    loss.backward()
+    assert deep.model.layers[3].self_attn.o_proj.weight.grad.abs().sum() > 0
+
+
+def test_a_drafter_stored_on_top_of_another_reloads_exactly(verifier: torch.nn.Module,
+                                                             tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from validator.drafter import save_shrunk, weight_files
+
+    shallow = build_drafter(verifier, 2)
+    with torch.no_grad():
+        for p in own_parameters(shallow):
+            p.add_(0.05 * torch.randn_like(p))
+    base = save_drafter(shallow, tmp_path / "base", {})
+    shallow = load_drafter(base, verifier)
+    deep = set_subset_head(build_drafter(verifier, 3), verifier, torch.arange(0, VOCAB, 2))
+    deep.load_state_dict({k: v for k, v in shallow.state_dict().items()
+                          if k.startswith("model.layers.")}, strict=False)
+    with torch.no_grad():  # layers 0-1 frozen (shallow's), layer 2 and the norm trained
+        deep.model.layers[2].mlp.down_proj.weight.mul_(1.5)
+        deep.model.norm.weight.add_(0.1)
+    grown = save_drafter(deep, tmp_path / "grown", {}, layers_from=(base, 2))
+    with safe_open(str(grown / WEIGHTS), "pt") as fh:
+        keys = set(fh.keys())
+    assert not any(k.startswith(("model.layers.0.", "model.layers.1.")) for k in keys)
+    assert "model.layers.2.mlp.down_proj.weight" in keys and HEAD_IDS in keys
+    shrunk = save_shrunk(tmp_path / "shrunk", grown, torch.arange(0, VOCAB, 4), {})
+    x = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(load_drafter(grown, verifier)(x).logits, deep(x).logits)
+        ref = set_subset_head(deep, verifier, torch.arange(0, VOCAB, 4))
+        assert torch.equal(load_drafter(shrunk, verifier)(x).logits, ref(x).logits)
+    assert weight_files(shrunk) == [base / WEIGHTS, grown / WEIGHTS, shrunk / WEIGHTS]
 
 
 def test_lr_schedule() -> None:

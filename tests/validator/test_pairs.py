@@ -48,8 +48,8 @@ def _fake_cached(cache: Path, hub_id: str, weights: bool = True) -> None:
 
 
 def test_registry_names_the_published_pairs():
-    assert set(PAIRS) == {"smollm2-135m", "0.5b-7b", "1.5b-32b", "opt-125m-2.7b", "llama-1b-3b",
-                          "r1-distill"}
+    assert set(PAIRS) == {"smollm2-135m", "smollm2-135m-h8k", "0.5b-7b", "1.5b-32b",
+                          "opt-125m-2.7b", "llama-1b-3b", "r1-distill"}
     assert PAIRS["0.5b-7b"].verifier.hub_id == "Qwen/Qwen2.5-7B-Instruct"
     assert [m.hub_id for m in PAIRS["r1-distill"].drafters] == [
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"]
@@ -86,6 +86,24 @@ def test_smollm2_needs_a_trained_drafter(tmp_path):
         (tmp_path / name / "drafter.safetensors").write_bytes(b"")
     check_available(pair, tmp_path)
     assert [p.name for p in pairs.trained_drafters(tmp_path)] == ["d2", "d6"]
+
+
+def test_smollm2_pairs_use_their_listed_drafters_unless_given_a_folder(tmp_path, monkeypatch):
+    for name, layers in (("a", 1), ("b", 3), ("c", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "drafter.json").write_text(json.dumps(
+            {"n_layers": layers, "verifier": MODEL_ID}))
+        (tmp_path / name / "drafter.safetensors").write_bytes(b"")
+    monkeypatch.setattr(pairs, "DRAFTERS_DIR", tmp_path)
+    listed = pairs.Pair("p", None, local_drafters=("b", "a"))
+    assert [f.name for f in pairs.drafter_folders(listed)] == ["b", "a"]  # as listed
+    assert [f.name for f in pairs.drafter_folders(listed, tmp_path)] == ["a", "c", "b"]
+    with pytest.raises(PairError, match="drafter 'z' is not a trained drafter folder"):
+        pairs.drafter_folders(pairs.Pair("q", None, local_drafters=("a", "z")))
+    monkeypatch.undo()
+    for pair in ("smollm2-135m", "smollm2-135m-h8k"):  # the shipped pairs' folders exist
+        assert [f.name for f in pairs.drafter_folders(PAIRS[pair])] == list(
+            PAIRS[pair].local_drafters)
 
 
 def test_datasets():

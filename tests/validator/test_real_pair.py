@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from simulator.policies import make  # noqa: E402
 from validator.datasets import load_prompts  # noqa: E402
 from validator.decoder import speculative_generate  # noqa: E402
-from validator.pairs import DRAFTERS_DIR, load_pair  # noqa: E402
+from validator.pairs import DRAFTERS_DIR, PAIRS, load_pair  # noqa: E402
 
 NEW = 24
 LOSSLESS = [("fixed", {"k": 4}), ("stop_absolute", {"theta": 1.0, "k": 6}),
@@ -28,16 +28,31 @@ def pair():
 
 
 def test_shipped_drafters_are_small_and_share_the_verifiers_embedding_and_head(pair) -> None:
-    folders = sorted(p for p in DRAFTERS_DIR.iterdir() if p.is_dir())
+    folders = [DRAFTERS_DIR / n for n in PAIRS["smollm2-135m"].local_drafters]
     assert len(folders) >= 2, "at least two drafters of different cost"
     layers = set()
-    for f in folders:
+    for f in sorted(p for p in DRAFTERS_DIR.iterdir() if p.is_dir()):  # every shipped folder
         assert (f / "drafter.safetensors").stat().st_size <= 25 * 2**20, f
+    for f in folders:
         d = pair.models.drafters[f.name]
         assert d.lm_head is pair.models.verifier.lm_head
         assert d.model.embed_tokens is pair.models.verifier.model.embed_tokens
         layers.add(d.config.num_hidden_layers)
     assert len(layers) == len(folders)
+
+
+def test_subset_head_drafters_are_their_sources_layers_with_the_verifiers_head_rows(pair):
+    from validator.drafter import SubsetHead, load_drafter
+
+    v = pair.models.verifier
+    for name in PAIRS["smollm2-135m-h8k"].local_drafters:
+        d = load_drafter(DRAFTERS_DIR / name, v)
+        src = pair.models.drafters[name.removesuffix("-h8k")]
+        assert isinstance(d.lm_head, SubsetHead) and d.lm_head.token_ids.numel() == 8192
+        assert torch.equal(d.lm_head.weight, v.lm_head.weight[d.lm_head.token_ids])
+        for a, b in zip(d.model.parameters(), src.model.parameters(), strict=True):
+            assert a is b or torch.equal(a, b)
+        assert (DRAFTERS_DIR / name / "drafter.safetensors").stat().st_size < 2**20  # ids only
 
 
 def test_greedy_speculative_output_is_the_verifiers(pair) -> None:
