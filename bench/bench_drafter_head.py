@@ -85,20 +85,17 @@ def main() -> int:
         drafters[f"untrained-{n}L"] = build_drafter(verifier, n)
     for folder in args.drafter:
         drafters[Path(folder).name] = load_drafter(Path(folder), verifier)
+    pid, tokens, _, texts = verifier_tokens(Path(args.gsm8k), first)  # the same for every drafter
+    n = min(args.prompts, len(texts))
+    seqs = [(loaded.encode(texts[p]), tokens[pid == p]) for p in range(n)]
     rows = []
     t0 = time.time()
     for dname, drafter in drafters.items():
-        pid, tokens, match, texts = verifier_tokens(Path(args.gsm8k), first)
         own_head = head_token_ids(drafter)
-        if dname in loaded.models.drafters:  # the trace's own column for this drafter
-            match = verifier_tokens(Path(args.gsm8k), dname)[2]
-        n = min(args.prompts, len(texts))
-        seqs, stored = [], []
-        for p in range(n):
-            prompt = loaded.encode(texts[p])
-            y = tokens[pid == p]
-            seqs.append((prompt, y))
-            stored.append(match[pid == p])
+        # the trace's own draft_match column for its drafters (others: compared with nothing)
+        match = verifier_tokens(Path(args.gsm8k), dname)[2] if dname in loaded.models.drafters \
+            else np.zeros(len(tokens), bool)
+        stored = [match[pid == p] for p in range(n)]
         for m in (heads if own_head is None else [len(own_head)]):
             if own_head is None:
                 set_subset_head(drafter, verifier, None if m is None else ids[m])

@@ -121,9 +121,8 @@ def kd_loss(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
         tlog = tlog.masked_fill(~inside[live], float("-inf"))
         target = tcol[:, 0].masked_fill(~inside[live][:, 0], -1)
     h = drafter.model(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
-    head = drafter.lm_head if subset is None else (
-        lambda x: torch.nn.functional.linear(x, drafter.lm_head.weight))
-    logq = torch.log_softmax(head(h).float(), dim=-1)
+    logits = drafter.lm_head(h) if subset is None else drafter.lm_head.subset_logits(h)
+    logq = torch.log_softmax(logits.float(), dim=-1)
     tlogp = torch.log_softmax(tlog / temperature, dim=-1)
     p = tlogp.exp()
     kl = torch.where(p > 0, p * (tlogp - logq.gather(1, tcol)), 0.0).sum(-1).mean()
@@ -169,11 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     verifier, tok = load_verifier()
     src = [int(x) for x in args.source_layers.split(",")] if args.source_layers else None
     drafter = build_drafter(verifier, args.layers, src)
-    head_ids = None
-    if (run / "ckpt.pt").exists():
-        head_ids = torch.load(run / "ckpt.pt", weights_only=False).get("head_ids")
-    elif args.head_tokens:
-        head_ids = subset_ids(tok, verifier, args.head_tokens)
+    ckpt = run / "ckpt.pt"
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    head_ids = state.get("head_ids") if state is not None else \
+        subset_ids(tok, verifier, args.head_tokens) if args.head_tokens else None
     set_subset_head(drafter, verifier, head_ids)
     frozen = 0
     if args.freeze_init:
@@ -203,9 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_names = [str(p) for p in dd.list_shards(data_dirs[0])[:args.val_shards]]
     pos: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "epoch_shards": [], "best": -1.0,
                            "history": []}
-    ckpt = run / "ckpt.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    if state is not None:
         drafter.load_state_dict(state["own"], strict=False)
         opt.load_state_dict(state["opt"])
         pos = state["pos"]

@@ -72,8 +72,12 @@ class SubsetHead(nn.Module):
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("weight", weight[ids].clone(), persistent=False)
 
+    def subset_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., m) logits of the subset's tokens, in ``token_ids`` order."""
+        return nn.functional.linear(h, self.weight)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        sub = nn.functional.linear(h, self.weight)
+        sub = self.subset_logits(h)
         out = sub.new_full((*sub.shape[:-1], self.vocab), float("-inf"))
         return out.index_copy_(-1, self.token_ids, sub)
 
@@ -193,8 +197,6 @@ def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
     drafter grown on a frozen one); they are not written, the file names ``source`` instead.
     Files are written to temp names and renamed into place.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if round_in_place:
@@ -220,9 +222,15 @@ def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
     })
     if ids is not None:
         tensors[HEAD_IDS] = ids.to(device="cpu", dtype=torch.int32).contiguous()
-    tmp_w = folder / (WEIGHTS + ".tmp")
+    return _write_folder(folder, tensors, info)
+
+
+def _write_folder(folder: Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
+    """Write ``tensors`` and ``info`` as a drafter folder's two files (temp names, then renamed)."""
+    from safetensors.torch import save_file
+
+    tmp_w, tmp_m = folder / (WEIGHTS + ".tmp"), folder / (META + ".tmp")
     save_file(tensors, str(tmp_w), metadata={"format": "pt"})
-    tmp_m = folder / (META + ".tmp")
     tmp_m.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.replace(tmp_w, folder / WEIGHTS)
     os.replace(tmp_m, folder / META)
@@ -272,8 +280,6 @@ def save_shrunk(folder: str | Path, source: str | Path, token_ids: torch.Tensor,
     """A drafter that is ``source``'s layers with a subset head over ``token_ids``, stored
     without copying them: ``drafter.json`` names ``layers_from`` (a path relative to ``folder``)
     and ``drafter.safetensors`` holds only ``head.token_ids``. Written atomically."""
-    from safetensors.torch import save_file
-
     folder, source = Path(folder), Path(source)
     src_meta = read_meta(source)
     folder.mkdir(parents=True, exist_ok=True)
@@ -285,12 +291,7 @@ def save_shrunk(folder: str | Path, source: str | Path, token_ids: torch.Tensor,
             "own_params": src_meta.get("own_params"),
             "head_tokens": int(ids.numel()), "verifier": src_meta.get("verifier"),
             "shared_with_verifier": ["model.embed_tokens", "lm_head rows at head.token_ids"]}
-    tmp_w, tmp_m = folder / (WEIGHTS + ".tmp"), folder / (META + ".tmp")
-    save_file({HEAD_IDS: ids}, str(tmp_w), metadata={"format": "pt"})
-    tmp_m.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_w, folder / WEIGHTS)
-    os.replace(tmp_m, folder / META)
-    return folder
+    return _write_folder(folder, {HEAD_IDS: ids}, info)
 
 
 def load_drafter(folder: str | Path, verifier: Llama) -> Llama:

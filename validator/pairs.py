@@ -157,7 +157,8 @@ def check_available(pair: Pair, drafters_dir: Path | None = None) -> None:
     """Raise PairError (one line) if a model of ``pair`` cannot be loaded offline."""
     if pair.verifier is None:
         if not drafter_folders(pair, drafters_dir):
-            raise PairError(f"pair {pair.name}: no trained drafter in {drafters_dir} (a "
+            raise PairError(f"pair {pair.name}: no trained drafter in "
+                            f"{DRAFTERS_DIR if drafters_dir is None else drafters_dir} (a "
                             "<name>/drafter.json + drafter.safetensors folder from python -m "
                             "validator.distill train); nothing is substituted")
         return
