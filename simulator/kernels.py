@@ -65,9 +65,10 @@ def locate(rows: np.ndarray, prompt_of: np.ndarray, offsets: np.ndarray
 @njit(cache=True)
 def price_log(prompt: np.ndarray, start: np.ndarray, drafter: np.ndarray, drafted: np.ndarray,
               accepted: np.ndarray, probe: np.ndarray, prompt_tokens: np.ndarray,
-              small: np.ndarray, fresh: np.ndarray, cum: np.ndarray
+              small: np.ndarray, fresh: np.ndarray, cum: np.ndarray, chain: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover (jit)
     """``replay.price_round`` over a round log: (draft ns, verify ns, passes left to price).
+    ``chain``: (D,) bool, the chain drafters (they keep only the round's starting length).
 
     Prices are read from the Pricer's tables (``small``: at most SMALL new tokens; ``fresh``:
     context 0, a prefill); a pass they do not hold (a long catch-up) is left out and listed as
@@ -104,6 +105,8 @@ def price_log(prompt: np.ndarray, start: np.ndarray, drafter: np.ndarray, drafte
                 t += 1
             draft[i] += cum[m, ln + steps - 1] - cum[m, ln]
             seen[m] = ln + min(steps - 1, a if x == d else 0)
+            if chain[x]:
+                seen[m] = ln
         new, ctx = ln - seen[0] + nd, seen[0]
         if new < n_small and ctx < n_ctx:
             verify[i] = small[0, new, ctx]
@@ -155,9 +158,9 @@ def tally(drafted: np.ndarray, accepted: np.ndarray, start: np.ndarray, length: 
 @njit(cache=True)
 def walk_price(stop: np.ndarray, cap: np.ndarray, first_reject: np.ndarray,
                first_missing: np.ndarray, eos: np.ndarray, drafter: np.ndarray,
-               offsets: np.ndarray, price: bool, keep: bool, probe: bool,
+               offsets: np.ndarray, price: bool, keep: bool, probe: bool, prefill: bool,
                prompt_tokens: np.ndarray, small: np.ndarray, fresh: np.ndarray, cum: np.ndarray,
-               n_drafters: int) -> tuple:  # pragma: no cover (jit)
+               n_drafters: int, chain: np.ndarray) -> tuple:  # pragma: no cover (jit)
     """Follow a memoryless policy's rounds through each prompt, reading its (starts, steps)
     stop matrix; with ``price``, also price them (``price_log``) and tally them (``tally``)
     in the same pass.
@@ -165,8 +168,9 @@ def walk_price(stop: np.ndarray, cap: np.ndarray, first_reject: np.ndarray,
     ``cap``: each row's cap within the budget; ``first_reject``: first rejected step (may
     exceed the matrix's K steps: read as K); ``first_missing``: first step without its
     free-run signal; ``eos``: the step drafting at the prompt's last row (a round accepting
-    every step up to it drafted the EOS and stops after it). ``probe`` and the tables as for
-    ``price_log``.
+    every step up to it drafted the EOS and stops after it). ``probe``, the tables and
+    ``chain`` as for ``price_log``; ``prefill``: a prompt's first round never probes (a trace
+    with chain drafters, whose first round is the verifier's prefill).
 
     Returns (rounds, gap, todo, stats, per_token_ms). ``rounds`` (11, R) rows, the first ten
     filled only with ``keep`` (else only the count R and row 10 hold): start row, prompt,
@@ -216,8 +220,9 @@ def walk_price(stop: np.ndarray, cap: np.ndarray, first_reject: np.ndarray,
                 continue
             # price_log's loop body (keep the two in step)
             ln, dr = tokens + start, 0
+            pr = probe and not (prefill and start == 0)
             for x in range(n_models - 1):
-                if probe:
+                if pr:
                     steps = max(n, 1) if x == d else 1
                 else:
                     steps = n if x == d else 0
@@ -234,6 +239,8 @@ def walk_price(stop: np.ndarray, cap: np.ndarray, first_reject: np.ndarray,
                     t += 1
                 dr += cum[m, u(ln + steps - 1)] - cum[m, u(ln)]
                 seen[m] = ln + min(steps - 1, a if x == d else 0)
+                if chain[u(x)]:
+                    seen[m] = ln
             new, ctx = ln - seen[0] + n, seen[0]
             if new < n_small and ctx < n_ctx:
                 vr = small[0, u(new), u(ctx)]
@@ -257,7 +264,7 @@ def walk_price(stop: np.ndarray, cap: np.ndarray, first_reject: np.ndarray,
             s_drafted += n
             s_accepted += a
             s_draft += dr
-            s_calls += n + ((n_drafters - 1 if n > 0 else n_drafters) if probe else 0)
+            s_calls += n + ((n_drafters - 1 if n > 0 else n_drafters) if pr else 0)
             top = max(top, n)
     stats[0], stats[1], stats[2] = s_emitted, s_wall, s_drafted
     stats[3], stats[4], stats[5] = s_accepted, s_draft, s_calls

@@ -211,6 +211,8 @@ def decode_cost(cfg: dict[str, Any], new: np.ndarray, context: np.ndarray,
     per_layer = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2 + mlp_mats * h * inter
     head = cfg.get("head_tokens") or vocab  # a subset head computes only its rows
     dense = layers * per_layer + head * h  # layers + LM head (embedding lookup is a gather)
+    if cfg.get("features"):  # a feature drafter's input projection of the verifier's state
+        dense += h * h
     n = np.asarray(new, dtype=np.float64)
     c = np.asarray(context, dtype=np.float64)
     kv = 2.0 * layers * kv_heads * head_dim

@@ -59,6 +59,12 @@ OPTIONAL: dict[str, tuple[pa.DataType, str]] = {
     "freerun_top1_prob": (pa.list_(pa.float32()), "free-run twin of draft_top1_prob"),
     "freerun_renyi2_entropy": (pa.list_(pa.float32()), "free-run twin of draft_renyi2_entropy"),
     "freerun_topk_entropy": (pa.list_(pa.float32()), "free-run twin of draft_topk_entropy"),
+    "freerun_accept_prob": (pa.list_(pa.float32()), "greedy traces, drafters that draft on "
+                            "their own hidden states (feature drafters): on every row, K_max "
+                            "values: 1 where the draft at step j + 1 of a round starting here "
+                            "(its own continuation, as freerun_entropy) is the verifier's token "
+                            "at that position, else 0; null for other drafters. A drafter with "
+                            "this column is replayed along it (a chain drafter)"),
     "accept_prob_sqrt": (pa.float32(), "acceptance probability of the relaxed rule "
                                        "min(1, sqrt(p/q))"),
     "accept_prob_typical": (pa.float32(), "acceptance probability of Medusa typical acceptance "
@@ -128,6 +134,18 @@ class Trace:
     bias: dict[str, np.ndarray]  # rule -> (D, N) float64
     prompt_columns: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (P,)
     path: str = "<memory>"
+    # (D, N, K) float64: a chain drafter's acceptance along its own continuation from each row
+    # (freerun_accept_prob); all NaN for other drafters; None when no drafter is a chain drafter
+    chain_accept: np.ndarray | None = None
+
+    @functools.cached_property
+    def chain(self) -> np.ndarray:
+        """(D,) bool: drafters replayed along their own continuation from every round start
+        (they draft on their own hidden states: steps j >= 1 of a round read freerun[d, t, j-1]
+        and chain_accept[d, t, j-1], never the teacher-forced rows t + j)."""
+        if self.chain_accept is None:
+            return np.zeros(len(self.drafters), dtype=bool)
+        return ~np.isnan(self.chain_accept[:, :, 0]).all(axis=1)
 
     @property
     def n_positions(self) -> int:
@@ -185,6 +203,7 @@ class Trace:
     def map_drafter_arrays(self, fn: Any) -> dict[str, Any]:
         """``fn`` applied to every per-drafter array (drafter axis first): ``replace`` kwargs."""
         return {"match": fn(self.match),
+                "chain_accept": None if self.chain_accept is None else fn(self.chain_accept),
                 **{name: {k: fn(v) for k, v in getattr(self, name).items()}
                    for name in ("signals", "freerun", "accept", "bias")}}
 
@@ -393,6 +412,25 @@ def _read_trace(path: str | os.PathLike[str]) -> Trace:
             else np.full((n_d, n), bcol)
     if meta["decoding"] == "greedy" and not np.array_equal(accept["standard"], match):
         raise _fail(p, "greedy trace: 'accept_prob' must equal 'draft_match'")
+    chain_accept = None
+    if "freerun_accept_prob" in cols:
+        chain_accept = _freerun_matrix(cols["freerun_accept_prob"].take(pa.array(order)),
+                                       k_max).reshape(n_d, n, k_max)
+        has = ~np.isnan(chain_accept[:, :, 0])
+        if not (has.all(axis=1) | ~has.any(axis=1)).all():
+            raise _fail(p, "column 'freerun_accept_prob' must be set on every row of a drafter "
+                           "or on none")
+        if has.any() and meta["decoding"] != "greedy":
+            raise _fail(p, "column 'freerun_accept_prob' (chain drafters) needs a greedy trace")
+        vals = chain_accept[~np.isnan(chain_accept)]
+        if ((vals != 0) & (vals != 1)).any():
+            raise _fail(p, "column 'freerun_accept_prob' must hold 0 or 1 (greedy)")
+        for sig, fr in freerun.items():
+            if np.isnan(fr[has.any(axis=1), :, 0]).any():
+                raise _fail(p, f"column {SIGNALS[sig][1]!r} must be set on every row of a "
+                               "chain drafter")
+        if not has.any():
+            chain_accept = None
 
     prompt_columns: dict[str, np.ndarray] = {}
     for name in ("category", "correct", "prompt_text", "generated_text", "reference_answer"):
@@ -401,7 +439,7 @@ def _read_trace(path: str | os.PathLike[str]) -> Trace:
     return Trace(meta=meta, drafters=drafters, prompt_ids=prompt_ids, offsets=offsets,
                  prompt_tokens=ptok[first], token_id=token_id, verifier_entropy=ventropy,
                  match=match, signals=signals, freerun=freerun, accept=accept, bias=bias,
-                 prompt_columns=prompt_columns, path=p)
+                 prompt_columns=prompt_columns, path=p, chain_accept=chain_accept)
 
 
 def _leaf(spec: pa.Field) -> str:

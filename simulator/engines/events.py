@@ -58,12 +58,14 @@ def run_events(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 
     solo = concurrency <= 1
     planned: dict[tuple[int, int], tuple] = {}
     if policy.memoryless:  # decisions do not depend on state: take them all at once
+        from .fast import probes
+
         st = all_starts(rp, policy)
         probe = policy.probes_all_drafters
         keys = zip(st.prompt.tolist(), st.start.tolist(), strict=True)
         vals = zip(st.drafter.tolist(), st.drafted.tolist(), st.accepted.tolist(),
-                   [probe] * st.rows.size, st.deviating.tolist(), st.relaxed.tolist(),
-                   st.bias.tolist(), strict=True)
+                   probes(trace, st.start, probe).astype(bool).tolist(),
+                   st.deviating.tolist(), st.relaxed.tolist(), st.bias.tolist(), strict=True)
         planned = dict(zip(keys, vals, strict=True))
         if st.drafted.any():
             from .fast import check_freerun
@@ -82,7 +84,8 @@ def run_events(trace: Trace, policy: Policy, latency: LatencyModel, seed: int = 
             else:
                 out, state = play_round(rp, policy, state, p, t)
             d, n, a, probe = out[0], out[1], out[2], out[3]
-            draft_ns, verify_ns = price_round(pricer, seen, length, d, n, a, probe)
+            draft_ns, verify_ns = price_round(pricer, seen, length, d, n, a, probe,
+                                              trace.chain)
             if solo:  # one request in flight: no contention, the devices are always free
                 yield env.timeout(draft_ns + verify_ns)
             elif draft_ns:

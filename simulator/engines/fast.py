@@ -34,9 +34,17 @@ from .replay import Pricer, Replay, Rounds, freerun_error, play_round
 def run_lengths(rp: Replay, d: int) -> np.ndarray:
     """(N,) standard-rule accepted drafts from each row, within its prompt (not its last row)."""
     tr = rp.trace
+    idx = np.arange(tr.n_positions)
+    if tr.chain[d]:  # along the continuation from each row (replay.Replay.chain_ok)
+        assert tr.chain_accept is not None
+        j = np.arange(1, tr.k_max + 1)
+        at = np.minimum(idx[:, None] + j, tr.n_positions - 1)
+        ok2 = np.concatenate([(rp.u < rp.accept[0, d])[:, None],
+                              rp.u[at] < tr.chain_accept[d]], axis=1)
+        first = np.where(ok2.all(axis=1), ok2.shape[1], np.argmin(ok2, axis=1))
+        return np.minimum(first, rp.last_row - idx)
     ok = rp.u < rp.accept[0, d]
     ok[tr.offsets[1:] - 1] = False  # a prompt's last token is never drafted
-    idx = np.arange(tr.n_positions)
     next_reject = np.minimum.accumulate(np.where(ok, tr.n_positions, idx)[::-1])[::-1]
     return next_reject - idx
 
@@ -138,10 +146,25 @@ def _build_start_matrices(rp: Replay, policy: Policy, d: np.ndarray, k: int,
     rules = np.zeros(at.shape, np.int64) if standard_only else \
         np.asarray(policy.rules(None, sig), dtype=np.int64)
     ok = rp.u[at] < rp.accept[rules, dd, at]
+    chained = tr.chain[d] if tr.chain.any() else None
+    if chained is not None and chained.any() and k > 1:
+        # chain drafters: steps 1.. along the continuation recorded from the start row itself
+        assert tr.chain_accept is not None
+        c = np.nonzero(chained)[0]
+        fc = np.minimum(j[1:] - 1, tr.k_max - 1)
+        inside = j[1:] - 1 < tr.k_max
+        dc = d[c][:, None]
+        ok[c, 1:] = (rp.u[at[c, 1:]] < tr.chain_accept[dc, c[:, None], fc]) & inside
+        for s in names:
+            fr = tr.freerun.get(s)
+            vals = fr[dc, c[:, None], fc] if fr is not None else np.full((c.size, k - 1), np.nan)
+            sig[s][c, 1:] = np.where(inside, vals, np.nan)
     ok[at != rows[:, None] + j] = False  # past the prompt's last row: never reached
     first = np.where(ok.all(axis=1), k, np.argmin(ok, axis=1))
     f = j - first[:, None] - 1  # free-run index of step j, valid where f >= 0
     after = f >= 0
+    if chained is not None:  # a chain drafter's continuation already holds every step
+        after &= ~chained[:, None]
     if after.any():
         src = np.minimum(rows + first, rp.last_row)[:, None]
         fc = np.clip(f, 0, tr.k_max - 1)
@@ -218,6 +241,10 @@ def decide(rp: Replay, policy: Policy) -> Decisions:
     elif cap.shape not in ((1,), (n_pos,)):
         cap = np.broadcast_to(cap, (n_pos,))
     cap, k = clip_caps(cap, full.remaining)
+    if tr.chain.any():  # the first round of a prompt is the verifier's prefill (replay)
+        cap[tr.offsets[:-1]] = 0
+        d = d.copy()
+        d[tr.offsets[:-1]] = 0
     if k == 0:
         return Decisions(d, cap, 0, None, None)
     m = start_matrices(rp, policy, d, k, all_zero)
@@ -237,8 +264,8 @@ def all_starts(rp: Replay, policy: Policy) -> Starts:
     if not (m.relaxed or policy.lossy):  # only the visited rounds matter
         none = np.zeros((1, 1, 1), dtype=np.int64)  # no prices wanted: tables never read
         cols, gap, *_ = walk_price(stop, cap, m.first_reject, m.first_missing, rp.eos, d,
-                                   tr.offsets, False, True, False, tr.prompt_tokens, none,
-                                   none[0], none[0], len(tr.drafters))
+                                   tr.offsets, False, True, False, False, tr.prompt_tokens, none,
+                                   none[0], none[0], len(tr.drafters), tr.chain)
         if gap:
             raise freerun_error(tr, policy)
         zero = np.zeros(cols.shape[1], dtype=np.int64)
@@ -272,12 +299,20 @@ def check_freerun(rp: Replay, policy: Policy, m: StartMatrices | None, starts: n
         raise freerun_error(rp.trace, policy)
 
 
+def probes(trace: Trace, start: np.ndarray, probe: bool) -> np.ndarray:
+    """(R,) int64: whether each round probes every drafter (never a chain trace's prefill)."""
+    out = np.full(start.size, probe, dtype=np.int64)
+    if probe and trace.chain.any():
+        out[start == 0] = 0
+    return out
+
+
 def price_rounds(pricer: Pricer, tr: Trace, r: Rounds) -> Rounds:
     """Fill draft_ns / verify_ns / wall_ns of every round (``price_round`` over the log):
     lookup tables in a compiled loop, the few large passes priced by the latency model."""
     draft, verify, todo = price_log(r.prompt, r.start, r.drafter, r.drafted, r.accepted,
                                     r.probe, tr.prompt_tokens, pricer.small_table(),
-                                    pricer.fresh_table(), pricer.cum)
+                                    pricer.fresh_table(), pricer.cum, tr.chain)
     r.draft_ns, r.verify_ns, r.wall_ns = _price_rest(pricer, draft, verify, todo)
     return r
 
@@ -321,8 +356,10 @@ def run_fast_tallied(trace: Trace, policy: Policy, latency: LatencyModel, seed: 
             tallies: tuple | None
             cols, gap, todo, stats, per_token_ms = walk_price(
                 dec.stop, dec.cap, dec.m.first_reject, dec.m.first_missing, rp.eos,
-                dec.drafter, trace.offsets, True, keep, probe, trace.prompt_tokens,
-                pricer.small_table(), pricer.fresh_table(), pricer.cum, len(trace.drafters))
+                dec.drafter, trace.offsets, True, keep, probe, bool(trace.chain.any()),
+                trace.prompt_tokens,
+                pricer.small_table(), pricer.fresh_table(), pricer.cum, len(trace.drafters),
+                trace.chain)
             if gap:
                 raise freerun_error(trace, policy)
             if not todo.size:
@@ -338,7 +375,7 @@ def run_fast_tallied(trace: Trace, policy: Policy, latency: LatencyModel, seed: 
             n = cols.shape[1]
             zero = np.zeros(n, dtype=np.int64)
             r = Rounds(prompt=cols[1], start=cols[2], drafter=cols[4], drafted=cols[5],
-                       accepted=cols[6], probe=np.full(n, probe, dtype=np.int64),
+                       accepted=cols[6], probe=probes(trace, cols[2], probe),
                        deviating=zero, relaxed=zero, bias=np.zeros(n), draft_ns=draft,
                        verify_ns=verify, wall_ns=wall, length=cols[3])
             return r, tallies
@@ -347,7 +384,7 @@ def run_fast_tallied(trace: Trace, policy: Policy, latency: LatencyModel, seed: 
             check_freerun(rp, policy, st.m, st.rows, st.drafted)
         zeros = np.zeros(st.rows.size, dtype=np.int64)
         r = Rounds(prompt=st.prompt, start=st.start, drafter=st.drafter, drafted=st.drafted,
-                   accepted=st.accepted, probe=np.full(st.rows.size, probe, dtype=np.int64),
+                   accepted=st.accepted, probe=probes(trace, st.start, probe),
                    deviating=st.deviating, relaxed=st.relaxed, bias=st.bias, draft_ns=zeros,
                    verify_ns=zeros, wall_ns=zeros, length=st.length)
     else:

@@ -11,6 +11,8 @@ so a round whose drafts are all accepted up to that row stops there and emits no
 Known approximation: the trace does not say whether the drafter drafts EOS inside a free-run (or
 as a rejected draft); the replay keeps drafting along the free-run where the real decoder stops,
 so only wasted draft steps can differ (accepted and emitted tokens are exact under greedy).
+Chain drafters (feature drafters) follow ``replay``'s docstring: steps 1.. of a round read the
+continuation recorded from the round's own start, and the first round of a prompt drafts nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
     pricer = Pricer(latency, trace)
     names = rp.signal_names(policy)
     n_models = 1 + len(trace.drafters)
+    chain = trace.chain
     rows_out: list[tuple] = []
 
     def forward(seen: list[int], model: int, upto: int) -> int:
@@ -48,8 +51,14 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
 
         while lo + t < hi:
             row = lo + t
-            run = 0
-            while row + run < hi - 1 and rp.u[row + run] < rp.accept[0, 0, row + run]:
+            if t == 0 and chain.any():  # the verifier's prefill alone (replay docstring)
+                verify_ns = forward(seen, 0, length)
+                rows_out.append((p, 0, 0, 0, 0, False, 0, 0, 0.0, 0, verify_ns, verify_ns))
+                t, length = 1, length + 1
+                continue
+            run = rp.run_length(0, row, hi - 1) if chain[0] else 0
+            while not chain[0] and row + run < hi - 1 and \
+                    rp.u[row + run] < rp.accept[0, 0, row + run]:
                 run += 1
             ctx = Context(position=t, remaining=budget - t,
                           prev_verifier_entropy=trace.verifier_entropy[row - 1] if t else np.nan,
@@ -71,21 +80,27 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
                 if not (policy.probes_all_drafters and j == 0):
                     draft_ns += forward(seen, 1 + d, length + j)
                 for s in names:
-                    if rejected_at < 0:
+                    if j == 0 or (rejected_at < 0 and not chain[d]):
                         value = trace.signals[s][d, row + j]
-                    else:
-                        f = j - rejected_at - 1
+                    else:  # a chain drafter's own continuation from row, or the free-run
+                        src, f = (row, j - 1) if chain[d] else \
+                            (row + rejected_at, j - rejected_at - 1)
                         fr = trace.freerun.get(s)
-                        value = fr[d, row + rejected_at, f] if fr is not None and \
-                            f < trace.k_max else np.nan
+                        value = fr[d, src, f] if fr is not None and f < trace.k_max else np.nan
                         if np.isnan(value):
                             raise freerun_error(trace, policy)
                     steps[s].append(value)
                 sig = {s: np.asarray(v) for s, v in steps.items()}
                 rule = int(np.asarray(policy.rules(state, sig))[-1])
                 rules.append(rule)
-                if rejected_at < 0 and not rp.u[row + j] < rp.accept[rule, d, row + j]:
-                    rejected_at = j
+                if rejected_at < 0:
+                    if chain[d] and j > 0:
+                        ok = j - 1 < trace.k_max and \
+                            rp.u[row + j] < trace.chain_accept[d, row, j - 1]  # type: ignore[index]
+                    else:
+                        ok = rp.u[row + j] < rp.accept[rule, d, row + j]
+                    if not ok:
+                        rejected_at = j
                 if rejected_at < 0 and j == eos:  # drafted the prompt's last token: EOS
                     stopped = True
                     break
@@ -106,7 +121,7 @@ def run_reference(trace: Trace, policy: Policy, latency: LatencyModel, seed: int
             verify_ns = forward(seen, 0, length + n)
             seen[0] = length + a  # the verifier keeps the accepted prefix
             for x in range(1, n_models):  # drafters drop their rejected drafts
-                seen[x] = min(seen[x], length + a)
+                seen[x] = min(seen[x], length if chain[x - 1] else length + a)
             rows_out.append((p, t, d, n, a, policy.probes_all_drafters, deviating, relaxed,
                              bias, draft_ns, verify_ns, draft_ns + verify_ns))
             state = policy.update(state, Outcome(d, n, a, {s: np.asarray(v)

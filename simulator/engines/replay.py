@@ -10,6 +10,16 @@ Signals at draft step j of a round starting at t: teacher-forced (the trace row 
 earlier draft of the round was accepted; after the first rejection at step i, the drafter is on
 its own continuation, and step j reads the free-run entry j-i-1 recorded at row t+i.
 
+Chain drafters (``Trace.chain``: feature drafters, which draft on their own hidden states past
+the verified prefix, so a draft depends on where its round began): step 0 of a round at t reads
+row t as above; step j >= 1 reads the continuation recorded from t itself, freerun[d, t, j-1],
+and is accepted iff chain_accept[d, t, j-1] (greedy: the draft is the verifier's token), before
+and after any rejection alike. When a run's trace has a chain drafter, the first round of every
+prompt is the verifier's prefill alone (a feature drafter has no hidden states to read before
+it): drafter 0, nothing drafted or probed, the policy neither asked nor told. A chain drafter
+keeps in its cache only the positions it computed on the verifier's states, so the next round
+feeds it the a + 1 tokens since again (``price_round``).
+
 Budget and EOS: prompt p may emit up to B_p tokens (``Trace.budget``: the recorded
 max_new_tokens, else its length L_p). A round at position t sees ``remaining = B_p - t`` and
 drafts at most ``min(plan.cap, B_p - t - 1)`` tokens, as the real decoder does. A prompt with
@@ -106,6 +116,7 @@ class Replay:
     def check(self, policy: Policy) -> None:
         """Raise TraceError if the trace lacks what ``policy`` reads."""
         self.trace.require(f"policy {policy.name}", policy.signals() + policy.accept_rules())
+        self.check_chain(policy)
         need, have = policy.drafters_needed(), len(self.trace.drafters)
         if have < need:
             raise TraceError(f"{self.trace.path}: policy {policy.name} with these parameters "
@@ -117,10 +128,37 @@ class Replay:
     def accepted(self, rules: np.ndarray, d: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return self.u[rows] < self.accept[rules, d, rows]
 
+    def chain_ok(self, d: int, row: int, steps: int) -> np.ndarray:
+        """(steps,) bool: a chain drafter's drafts 0..steps-1 of a round at ``row`` accepted
+        (standard rule; rows past the trace's end are never reached by the caller)."""
+        ca = self.trace.chain_accept
+        assert ca is not None
+        ok = np.empty(steps, dtype=bool)
+        if steps:
+            ok[0] = self.u[row] < self.accept[0, d, row]
+            j = np.arange(1, steps)
+            kk = np.minimum(j - 1, self.trace.k_max - 1)
+            rr = np.minimum(row + j, self.trace.n_positions - 1)
+            ok[1:] = (self.u[rr] < ca[d, row, kk]) & (j - 1 < self.trace.k_max)
+        return ok
+
     def run_length(self, d: int, row: int, end: int) -> int:
         """Consecutive drafts of drafter d accepted under the standard rule from ``row``."""
-        ok = self.u[row:end] < self.accept[0, d, row:end]
+        if self.trace.chain[d]:
+            ok = self.chain_ok(d, row, end - row)
+        else:
+            ok = self.u[row:end] < self.accept[0, d, row:end]
         return int(np.argmin(ok)) if not ok.all() else end - row
+
+    def check_chain(self, policy: Policy) -> None:
+        """Chain drafters replay the standard rule only (their continuation's acceptance under
+        other rules is not recorded)."""
+        tr = self.trace
+        if tr.chain.any() and set(policy.accept_rules()) - {"standard", "none"}:
+            chained = [n for n, c in zip(tr.drafters, tr.chain, strict=True) if c]
+            raise TraceError(f"{tr.path}: policy {policy.name} uses acceptance rules "
+                             f"{list(policy.accept_rules())}; the trace's chain drafters "
+                             f"{chained} record the standard rule only")
 
     def context(self, policy: Policy, p: int, t: int) -> Context:
         """The Context of a round of prompt p starting at position t (scalars)."""
@@ -148,6 +186,8 @@ def play_round(rp: Replay, policy: Policy, state: object, p: int, t: int
     tr = rp.trace
     lo, hi = int(tr.offsets[p]), int(tr.offsets[p + 1])
     row = lo + t
+    if t == 0 and tr.chain.any():  # the verifier's prefill alone (module docstring)
+        return (0, 0, 0, False, 0, 0, 0.0), state
     plan = policy.plan(state, rp.context(policy, p, t))
     d = int(plan.drafter)
     cap = min(int(plan.cap), int(tr.budget[p]) - t - 1)
@@ -160,14 +200,24 @@ def play_round(rp: Replay, policy: Policy, state: object, p: int, t: int
     steps = np.arange(cap)
     rows = np.minimum(row + steps, hi - 1)  # never the next prompt's rows
     sig = {s: tr.signals[s][d, rows].copy() for s in names}
+    chain = bool(tr.chain[d])
+    if chain:  # steps 1.. along the continuation recorded from this row
+        for s in names:
+            fr = tr.freerun.get(s)
+            vals = np.full(cap - 1, np.nan)
+            inside = np.arange(cap - 1) < tr.k_max
+            if fr is not None:
+                vals[inside] = fr[d, row, np.arange(cap - 1)[inside]]
+            sig[s][1:] = vals
     rules = np.asarray(policy.rules(state, sig), dtype=np.int64)
-    ok = rp.accepted(rules, np.full(cap, d), rows) & (steps <= eos)
+    ok = (rp.chain_ok(d, row, cap) if chain else rp.accepted(rules, np.full(cap, d), rows)) \
+        & (steps <= eos)
     i = int(np.argmin(ok)) if not ok.all() else cap  # first rejected step
     if i > eos:  # every step up to the last row accepted: the EOS is drafted, drafting stops
         cap = eos + 1
         rows, rules = rows[:cap], rules[:cap]
         sig = {s: v[:cap] for s, v in sig.items()}
-    if i < cap - 1:  # steps after the first rejection read the free-run recorded at row+i
+    if i < cap - 1 and not chain:  # steps after the first rejection: the free-run at row+i
         j = np.arange(i + 1, cap) - i - 1
         inside = j < tr.k_max
         for s in names:
@@ -253,12 +303,13 @@ class Pricer:
 
 
 def price_round(pricer: Pricer, seen: list[int], length: int, d: int, n: int, a: int,
-                probe: bool) -> tuple[int, int]:
+                probe: bool, chain: np.ndarray | None = None) -> tuple[int, int]:
     """(draft ns, verify ns) of one round; updates ``seen`` (tokens in each model's KV cache).
 
     ``seen[0]`` is the verifier's, ``seen[1+x]`` drafter x's. ``length`` is the sequence
     length (prompt + emitted) when the round starts. A model fed for the first time in a while
-    first catches up on every token it has not seen, in that same call.
+    first catches up on every token it has not seen, in that same call. A chain drafter
+    (``chain[x]``) keeps only the first ``length`` tokens: the rest read its own states.
     """
     draft = 0
     for x in range(len(seen) - 1):
@@ -269,6 +320,8 @@ def price_round(pricer: Pricer, seen: list[int], length: int, d: int, n: int, a:
         draft += pricer.one(m, length - seen[m], seen[m])
         draft += int(pricer.cum[m, length + steps - 1] - pricer.cum[m, length])
         seen[m] = length + min(steps - 1, a if x == d else 0)
+        if chain is not None and chain[x]:
+            seen[m] = length
     verify = pricer.one(0, length - seen[0] + n, seen[0])
     seen[0] = length + a
     return draft, verify

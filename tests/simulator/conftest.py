@@ -13,11 +13,13 @@ from simulator.trace import Trace, read_trace, write_trace
 
 def random_trace(path: Path, rng: np.random.Generator, lengths: list[int], n_drafters: int = 1,
                  sampled: bool = False, k_max: int = 4, freerun_gaps: bool = False,
-                 max_new_tokens: int | None = None) -> Trace:
+                 max_new_tokens: int | None = None, chain: tuple[int, ...] = ()) -> Trace:
     """A trace with random signals; greedy (0/1 acceptance) or sampled (fractional).
 
     max_new_tokens: recorded in the metadata when given (prompts shorter than it ended with
     EOS at their last row); None: no such key, each prompt's budget is its length.
+    chain: drafters recorded as chain drafters (greedy): a full free-run on every row and a
+    random 0/1 ``freerun_accept_prob``.
     """
     n = sum(lengths)
     pid = np.concatenate([[f"p{i}"] * m for i, m in enumerate(lengths)])
@@ -30,7 +32,9 @@ def random_trace(path: Path, rng: np.random.Generator, lengths: list[int], n_dra
             rng.beta(2, 2, n) + 0.3 * match, 0, 1)
         fr = []
         for m, a in zip(match, acc, strict=True):
-            if (m if not sampled else a >= 1.0):
+            if d in chain:
+                fr.append(list(rng.gamma(2.0, 0.7, k_max).astype(np.float32)))
+            elif (m if not sampled else a >= 1.0):
                 fr.append(None)
             else:
                 size = int(rng.integers(1, k_max + 1)) if freerun_gaps else k_max
@@ -51,6 +55,11 @@ def random_trace(path: Path, rng: np.random.Generator, lengths: list[int], n_dra
             "accept_prob_typical": np.maximum(acc, (rng.random(n) < 0.3).astype(float)),
             "tv_typical": rng.random(n) * 0.2, "tv_all": 1.0 - acc,
         }
+        if chain:
+            p_ok = rng.uniform(0.3, 0.9)
+            block["freerun_accept_prob"] = [
+                list((rng.random(k_max) < p_ok).astype(np.float32)) if d in chain else None
+                for _ in range(n)]
         for k, v in block.items():
             cols.setdefault(k, []).extend(list(v))
     # prompt-level columns must agree across drafters: reuse drafter 0's values
