@@ -27,7 +27,13 @@ from typing import Any
 import torch
 
 from validator import distill_data as dd
-from validator.distill_eval import answer_positions, greedy_agreement, latency_ratio, pad_right
+from validator.distill_eval import (
+    answer_positions,
+    greedy_agreement,
+    latency_ratio,
+    pad_features,
+    pad_right,
+)
 
 RUNS = dd.REPO / "runs" / "distill"
 DEFAULT_DATA = RUNS / "data" / "gsm8k_train"
@@ -88,7 +94,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def kd_loss(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
             temperature: float = 1.0, frac: float = 1.0,
-            gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+            gen: torch.Generator | None = None, feature_weight: float = 0.0
+            ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean per-token KL(teacher top-k || drafter) over the answer tokens of ``examples``.
 
     frac < 1 scores a random subset of that fraction of the answer positions (the 49k-wide head
@@ -98,10 +105,16 @@ def kd_loss(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
     log-probabilities are over the full vocabulary, so this is cross-entropy to the truncated
     teacher minus its (constant) entropy. Returns (loss, {"kl", "agree"}); ``agree`` is the
     fraction of positions where the drafter's argmax is the verifier's greedy token.
+
+    A feature drafter reads the examples' ``feat`` (verifier hidden states); with
+    ``feature_weight`` > 0 its output hidden state is also pulled towards the verifier's at the
+    scored positions (smooth L1, EAGLE's regression term), added as ``feature_weight`` x that
+    and reported as ``feat``.
     """
-    from validator.drafter import head_token_ids
+    from validator.drafter import drafter_hidden, head_token_ids, uses_features
 
     ids, mask = pad_right(examples, pad_id)
+    feats = pad_features(examples, ids.shape[1]) if uses_features(drafter) else None
     rows, cols = answer_positions(examples)
     tidx = torch.cat([e["topk_idx"] for e in examples]).long()
     tlog = torch.cat([e["topk_logit"] for e in examples]).float()
@@ -120,14 +133,39 @@ def kd_loss(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
         rows, cols, tcol, tlog = rows[live], cols[live], tcol[live].clamp_min(0), tlog[live]
         tlog = tlog.masked_fill(~inside[live], float("-inf"))
         target = tcol[:, 0].masked_fill(~inside[live][:, 0], -1)
-    h = drafter.model(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
+    h = drafter_hidden(drafter, ids, feats, attention_mask=mask).last_hidden_state[rows, cols]
     logits = drafter.lm_head(h) if subset is None else drafter.lm_head.subset_logits(h)
     logq = torch.log_softmax(logits.float(), dim=-1)
     tlogp = torch.log_softmax(tlog / temperature, dim=-1)
     p = tlogp.exp()
     kl = torch.where(p > 0, p * (tlogp - logq.gather(1, tcol)), 0.0).sum(-1).mean()
     agree = float((logq.argmax(-1) == target).float().mean())
-    return kl, {"kl": float(kl.detach()), "agree": agree}
+    stats = {"kl": float(kl.detach()), "agree": agree}
+    if feats is None or feature_weight == 0:
+        return kl, stats
+    # the drafter's output at position c stands in for the verifier's f_c = what c + 1 reads
+    reg = torch.nn.functional.smooth_l1_loss(h.float(), feats[rows, cols + 1])
+    stats["feat"] = float(reg.detach())
+    return kl + feature_weight * reg, stats
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    """Write the verifier's hidden states beside every shard of ``--data`` (resumable)."""
+    from validator.smollm2 import load_verifier
+
+    torch.set_num_threads(args.threads)
+    write_pidfile("features")
+    log = Logger(Path(args.log) if args.log else None)
+    model, tok = load_verifier()
+    shards = [p for d in args.data for p in dd.list_shards(Path(d))]
+    todo = [p for p in shards if not dd.feature_path(p).exists()]
+    log(f"features: {len(todo)} of {len(shards)} shard(s) to do, {args.threads} thread(s)")
+    for p in todo:
+        t0 = time.time()
+        n = dd.write_features(model, p, tok.pad_token_id, args.batch)
+        dt = time.time() - t0
+        log(f"{dd.feature_path(p)}: {n} tokens, {dt:.1f} s ({n / max(dt, 1e-9):.0f} tok/s)")
+    return 0
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -> float:
@@ -141,7 +179,7 @@ def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("layers", "source_layers", "batch", "lr", "warmup", "steps", "weight_decay",
             "temperature", "seed", "data", "val_shards", "loss_frac", "clip", "init",
-            "head_tokens", "grow", "freeze_init")
+            "head_tokens", "grow", "freeze_init", "features", "feature_weight")
     return {"loss": "KL(verifier top-k renormalised || drafter), answer tokens only",
             "optimizer": "AdamW, linear warmup then cosine to 0.1x",
             "command": "python -m validator.distill " + " ".join(sys.argv[1:]),
@@ -151,6 +189,7 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Distil a drafter; checkpoints to ``run/ckpt.pt`` and resumes from it."""
     from validator.drafter import (
+        OWN_PREFIXES,
         build_drafter,
         own_parameters,
         save_drafter,
@@ -167,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     log = Logger(run / "train.log" if args.log is None else Path(args.log))
     verifier, tok = load_verifier()
     src = [int(x) for x in args.source_layers.split(",")] if args.source_layers else None
-    drafter = build_drafter(verifier, args.layers, src)
+    drafter = build_drafter(verifier, args.layers, src, features=args.features)
     ckpt = run / "ckpt.pt"
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     head_ids = state.get("head_ids") if state is not None else \
@@ -181,7 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         frozen = int(read_meta(Path(args.init))["n_layers"])
     params = [p for i, layer in enumerate(drafter.model.layers) if i >= frozen
-              for p in layer.parameters()] + list(drafter.model.norm.parameters())
+              for p in layer.parameters()] + list(drafter.model.norm.parameters()) + \
+        (list(drafter.model.feature_proj.parameters()) if args.features else [])
     assert set(map(id, params)) <= set(map(id, own_parameters(drafter)))
     for prm in own_parameters(drafter):  # frozen layers need no backward pass at all
         prm.requires_grad_(False)
@@ -214,8 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             init = load_drafter(Path(args.init), verifier)
             drafter.load_state_dict({k: v.float() for k, v in init.state_dict().items()
-                                     if k.startswith(("model.layers.", "model.norm."))},
-                                    strict=False)
+                                     if k.startswith(OWN_PREFIXES)}, strict=False)
             grown = range(init.config.num_hidden_layers, args.layers)
             if args.grow == "identity":  # new layers add nothing yet: the init drafter exactly
                 silence_layers(drafter, grown)
@@ -226,16 +265,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         log(f"train: new run {run}: {args.layers} layer(s) from verifier layers "
             f"{drafter.source_layers}, {sum(p.numel() for p in params)} own params, "
             + ("full head" if head_ids is None else f"subset head of {len(head_ids)} tokens")
+            + (", reads the verifier's features" if args.features else "")
             + (f", initialised from {args.init}" if args.init else ""))
-    val = dd.load_examples([Path(n) for n in val_names])
+    val = dd.load_examples([Path(n) for n in val_names], features=args.features)
     val_qids = {int(e["qid"]) for e in val}
     cache: dict[str, list[dict[str, Any]]] = {}
     pad = tok.pad_token_id
     gen = torch.Generator()
 
     def save_ckpt() -> None:
-        own = {k: v for k, v in drafter.state_dict().items()
-               if k.startswith(("model.layers.", "model.norm."))}
+        own = {k: v for k, v in drafter.state_dict().items() if k.startswith(OWN_PREFIXES)}
         dd.atomic_torch_save({"own": own, "opt": opt.state_dict(), "pos": pos,
                               "val_names": val_names, "args": vars(args),
                               "head_ids": head_ids}, ckpt)
@@ -265,14 +304,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if pos["step"] == 0 and not pos["history"]:
         evaluate()
     drafter.train()
-    last_ckpt, t_log, acc = time.time(), time.time(), {"kl": 0.0, "agree": 0.0, "n": 0}
+    last_ckpt, t_log = time.time(), time.time()
+    acc = {"kl": 0.0, "agree": 0.0, "feat": 0.0, "n": 0}
     while pos["step"] < args.steps:
         if pos["batch"] == 0 and not pos["epoch_shards"]:
             pos["epoch_shards"] = [str(p) for p in shards() if str(p) not in val_names]
             log(f"epoch {pos['epoch']}: {len(pos['epoch_shards'])} training shards")
         for n in pos["epoch_shards"]:
             if n not in cache:
-                cache[n] = dd.load_examples([Path(n)])
+                cache[n] = dd.load_examples([Path(n)], features=args.features)
         # a question held out for validation is never trained on, whatever its answer kind
         examples = [e for n in pos["epoch_shards"] for e in cache[n]
                     if int(e["qid"]) not in val_qids]
@@ -282,7 +322,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             for group in opt.param_groups:
                 group["lr"] = lr
             gen.manual_seed(args.seed * 1_000_003 + pos["step"])
-            loss, st = kd_loss(drafter, batch, pad, args.temperature, args.loss_frac, gen)
+            loss, st = kd_loss(drafter, batch, pad, args.temperature, args.loss_frac, gen,
+                               args.feature_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, args.clip)
@@ -291,12 +332,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             pos["batch"] += 1
             acc["kl"] += st["kl"]
             acc["agree"] += st["agree"]
+            acc["feat"] += st.get("feat", 0.0)
             acc["n"] += 1
             if pos["step"] % args.log_every == 0:
                 dt = (time.time() - t_log) / acc["n"]
-                log(f"step {pos['step']}: kl {acc['kl'] / acc['n']:.4f} train-agree "
+                reg = f" feat {acc['feat'] / acc['n']:.4f}" if "feat" in st else ""
+                log(f"step {pos['step']}: kl {acc['kl'] / acc['n']:.4f}{reg} train-agree "
                     f"{acc['agree'] / acc['n']:.4f} lr {lr:.2e} {dt:.2f} s/step")
-                t_log, acc = time.time(), {"kl": 0.0, "agree": 0.0, "n": 0}
+                t_log, acc = time.time(), {"kl": 0.0, "agree": 0.0, "feat": 0.0, "n": 0}
             if pos["step"] % args.eval_every == 0:
                 evaluate()
             if time.time() - last_ckpt > args.ckpt_minutes * 60 or pos["step"] >= args.steps:
@@ -440,6 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--log", default=None)
     d.set_defaults(func=cmd_data)
 
+    f = sub.add_parser("features", help="verifier hidden states beside data shards (feature "
+                                        "drafters read them)")
+    f.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA)], help="shard folders")
+    f.add_argument("--batch", type=int, default=8)
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--log", default=None)
+    f.set_defaults(func=cmd_features)
+
     t = sub.add_parser("train", help="KL-distil a drafter (resumable)")
     t.add_argument("--layers", type=int, required=True)
     t.add_argument("--source-layers", default=None, help="comma list of verifier layers")
@@ -474,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head-tokens", type=int, default=None,
                    help="subset head over this many frequency-ranked token ids (default: the "
                         "verifier's full head)")
+    t.add_argument("--features", action="store_true",
+                   help="a feature drafter: also reads the verifier's previous hidden state "
+                        "(needs `distill features` on the data)")
+    t.add_argument("--feature-weight", type=float, default=0.0,
+                   help="weight of the smooth-L1 pull of a feature drafter's hidden state "
+                        "towards the verifier's")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="agreement on GSM8K test + latency ratio")

@@ -194,12 +194,55 @@ def list_shards(out_dir: Path) -> list[Path]:
     return sorted(out_dir.glob("shard_*.pt"))
 
 
-def load_examples(paths: list[Path]) -> list[dict[str, Any]]:
-    """All examples of the given shards, in order."""
+def load_examples(paths: list[Path], features: bool = False) -> list[dict[str, Any]]:
+    """All examples of the given shards, in order; ``features``: each also gets ``feat``, the
+    verifier's hidden states from the shard's sidecar (``feature_path``)."""
     out: list[dict[str, Any]] = []
     for p in paths:
-        out.extend(torch.load(p, weights_only=True)["examples"])
+        ex = torch.load(p, weights_only=True)["examples"]
+        if features:
+            side = feature_path(p)
+            if not side.exists():
+                raise FileNotFoundError(f"{side}: no verifier features for {p} (run "
+                                        "`python -m validator.distill features` first)")
+            feats = torch.load(side, weights_only=True)["features"]
+            if len(feats) != len(ex) or any(len(f) != len(e["ids"])
+                                            for f, e in zip(feats, ex, strict=True)):
+                raise ValueError(f"{side}: features do not match the examples of {p}")
+            ex = [{**e, "feat": f} for e, f in zip(ex, feats, strict=True)]
+        out.extend(ex)
     return out
+
+
+def feature_path(shard: Path) -> Path:
+    """Where a shard's verifier features live: ``<data dir>_features/<shard name>``."""
+    return shard.parent.with_name(shard.parent.name + "_features") / shard.name
+
+
+@torch.no_grad()
+def write_features(model: Any, shard: Path, pad_id: int, batch: int = 8) -> int:
+    """Store the verifier's final-norm hidden states (float16, every position of ``ids``) for one
+    shard in its sidecar (atomic); returns tokens processed. Examples go through in length order
+    to keep padding small."""
+    ex = torch.load(shard, weights_only=True)["examples"]
+    feats: list[torch.Tensor | None] = [None] * len(ex)
+    order = sorted(range(len(ex)), key=lambda i: len(ex[i]["ids"]))
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
+        width = max(len(ex[i]["ids"]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            n = len(ex[i]["ids"])
+            ids[r, :n] = ex[i]["ids"].long()
+            mask[r, :n] = 1
+        h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for r, i in enumerate(idx):
+            feats[i] = h[r, :len(ex[i]["ids"])].to(torch.float16).clone()
+    out = feature_path(shard)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"features": feats, "kind": "final-norm hidden state, float16"}, out)
+    return sum(len(e["ids"]) for e in ex)
 
 
 def iter_batches(examples: list[dict[str, Any]], batch: int, seed: int,

@@ -21,6 +21,20 @@ def pad_right(examples: list[dict[str, Any]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
+def pad_features(examples: list[dict[str, Any]], width: int) -> torch.Tensor | None:
+    """(B, width, d) verifier features shifted to what each position reads (f_{p-1}), zero
+    padded; None when the examples carry no ``feat``."""
+    if "feat" not in examples[0]:
+        return None
+    from validator.drafter import shift_features
+
+    d = int(examples[0]["feat"].shape[-1])
+    out = torch.zeros((len(examples), width, d), dtype=torch.float32)
+    for r, e in enumerate(examples):
+        out[r, :len(e["feat"])] = e["feat"].float()
+    return shift_features(out)
+
+
 def answer_positions(examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, col) of the positions whose next-token prediction is an answer token."""
     rows, cols = [], []
@@ -40,13 +54,16 @@ def greedy_agreement(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
     ``verifier`` given, the verifier's teacher-forced argmax is recomputed and also compared
     (``agree_tf``), plus how often that argmax equals the stored token (``verifier_self``).
     """
+    from validator.drafter import drafter_hidden
+
     hit = hit_tf = self_ok = total = 0
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
         ids, mask = pad_right(chunk, pad_id)
         rows, cols = answer_positions(chunk)
         target = ids[rows, cols + 1]
-        h = drafter.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = drafter_hidden(drafter, ids, pad_features(chunk, ids.shape[1]),
+                           attention_mask=mask).last_hidden_state
         pred = drafter.lm_head(h[rows, cols]).argmax(-1)
         hit += int((pred == target).sum())
         total += int(target.numel())

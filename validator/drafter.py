@@ -24,6 +24,13 @@ that only changes another's head (``distill shrink``, ``save_shrunk``) holds onl
 ``head.token_ids``; one grown on a frozen shallower drafter (``distill train --init D
 --freeze-init``) holds only its new layers and norm (``shared_layers`` = D's depth).
 
+A *feature drafter* (``features=True``, after EAGLE, Li et al. 2024) also reads the verifier's
+own top-layer state: the input at position p is the token embedding of x_p plus
+``feature_proj(f_{p-1})``, where f_i is the verifier's final-norm hidden state at position i (the
+vector its head reads) and f_{-1} = 0. When drafting past the verified prefix it feeds back its
+own output hidden state in place of f. ``feature_proj`` (d x d) starts at zero, so a feature
+drafter initialised from a plain one computes exactly what that one computes.
+
 Caution: ``drafter.to(dtype)`` would also cast the shared verifier modules; cast
 ``drafter.model.layers`` / ``drafter.model.norm`` instead (``own_modules``).
 """
@@ -42,6 +49,7 @@ from torch import nn
 WEIGHTS = "drafter.safetensors"
 META = "drafter.json"
 SHARED_PREFIXES = ("model.embed_tokens.", "lm_head.")
+OWN_PREFIXES = ("model.layers.", "model.norm.", "model.feature_proj.")
 HEAD_IDS = "head.token_ids"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # A transformers LlamaForCausalLM; typed Any because nn.Module's attribute access
@@ -111,8 +119,42 @@ def frequency_ranked(counts: torch.Tensor, m: int, always: list[int] | tuple[int
 
 
 def own_modules(drafter: Llama) -> list[nn.Module]:
-    """The drafter's own (trainable, saved) modules: its decoder layers and final norm."""
-    return [drafter.model.layers, drafter.model.norm]
+    """The drafter's own (trainable, saved) modules: its decoder layers and final norm (and the
+    feature projection of a feature drafter)."""
+    extra = [drafter.model.feature_proj] if uses_features(drafter) else []
+    return [drafter.model.layers, drafter.model.norm, *extra]
+
+
+def uses_features(drafter: Llama) -> bool:
+    """Whether ``drafter`` is a feature drafter (reads the verifier's hidden states)."""
+    inner = getattr(drafter, "model", None)  # wrappers (tests' spies) have none
+    return isinstance(getattr(inner, "feature_proj", None), nn.Linear)
+
+
+def shift_features(features: torch.Tensor) -> torch.Tensor:
+    """(..., T, d) features f_0..f_{T-1} -> what positions 0..T-1 read: 0, f_0, ..., f_{T-2}."""
+    out = torch.zeros_like(features)
+    out[..., 1:, :] = features[..., :-1, :]
+    return out
+
+
+def input_embeds(drafter: Llama, input_ids: torch.Tensor,
+                 prev_features: torch.Tensor | None) -> torch.Tensor:
+    """A feature drafter's input vectors: embed(x_p) + feature_proj(f_{p-1}); ``prev_features``
+    is already shifted (``shift_features``), shape (..., T, d)."""
+    emb = drafter.model.embed_tokens(input_ids)
+    if prev_features is None:
+        raise ValueError("a feature drafter needs the verifier's hidden states")
+    return emb + drafter.model.feature_proj(prev_features.to(emb.dtype))
+
+
+def drafter_hidden(drafter: Llama, input_ids: torch.Tensor, prev_features: torch.Tensor | None
+                   = None, **kw: Any) -> Any:
+    """The drafter's ``model`` output (``last_hidden_state``, cache) for ``input_ids``; a feature
+    drafter reads ``prev_features`` (shifted), a plain one ignores it."""
+    if uses_features(drafter):
+        return drafter.model(inputs_embeds=input_embeds(drafter, input_ids, prev_features), **kw)
+    return drafter.model(input_ids=input_ids, **kw)
 
 
 def own_parameters(drafter: Llama) -> list[nn.Parameter]:
@@ -127,12 +169,14 @@ def own_state_dict(drafter: Llama) -> dict[str, torch.Tensor]:
 
 
 def build_drafter(verifier: Llama, n_layers: int,
-                  source_layers: list[int] | None = None, init: bool = True) -> Llama:
+                  source_layers: list[int] | None = None, init: bool = True,
+                  features: bool = False) -> Llama:
     """A drafter sharing ``verifier``'s embedding and lm_head.
 
     source_layers: verifier layer indices copied into the drafter's layers (default
     ``range(n_layers)``); the final norm is copied from the verifier's. With ``init=False`` the
     own weights stay at their random init (they are about to be loaded from a file).
+    features: a feature drafter (module docstring), its ``feature_proj`` zero.
     """
     from transformers import LlamaForCausalLM
 
@@ -154,6 +198,11 @@ def build_drafter(verifier: Llama, n_layers: int,
     drafter.model.rotary_emb = copy.deepcopy(verifier.model.rotary_emb)
     drafter.model.layers.to(ref.dtype)
     drafter.model.norm.to(ref.dtype)
+    if features:
+        d = int(cfg.hidden_size)
+        drafter.model.feature_proj = nn.Linear(d, d, bias=False, device=ref.device,
+                                               dtype=ref.dtype)
+        nn.init.zeros_(drafter.model.feature_proj.weight)
     if init:
         for i, j in enumerate(src):
             drafter.model.layers[i].load_state_dict(verifier.model.layers[j].state_dict())
@@ -217,6 +266,7 @@ def save_drafter(drafter: Llama, folder: str | Path, meta: dict[str, Any],
         "weights_dtype": str(dtype).removeprefix("torch."),
         "own_params": int(sum(t.numel() for t in tensors.values())),
         "head_tokens": None if ids is None else int(ids.numel()),
+        "features": uses_features(drafter),
         "shared_with_verifier": ["model.embed_tokens", "lm_head" if ids is None
                                  else "lm_head rows at head.token_ids"],
     })
@@ -290,6 +340,7 @@ def save_shrunk(folder: str | Path, source: str | Path, token_ids: torch.Tensor,
             "weights_dtype": src_meta.get("weights_dtype"),
             "own_params": src_meta.get("own_params"),
             "head_tokens": int(ids.numel()), "verifier": src_meta.get("verifier"),
+            "features": bool(src_meta.get("features", False)),
             "shared_with_verifier": ["model.embed_tokens", "lm_head rows at head.token_ids"]}
     return _write_folder(folder, {HEAD_IDS: ids}, info)
 
@@ -301,7 +352,8 @@ def load_drafter(folder: str | Path, verifier: Llama) -> Llama:
     what its own file lacks from that folder (recursively).
     """
     meta = read_meta(folder)
-    drafter = build_drafter(verifier, int(meta["n_layers"]), meta.get("source_layers"), init=False)
+    drafter = build_drafter(verifier, int(meta["n_layers"]), meta.get("source_layers"), init=False,
+                            features=bool(meta.get("features", False)))
     ref = verifier.model.embed_tokens.weight
     state, ids = _stored_state(Path(folder))
     state = {k: v.to(device=ref.device, dtype=ref.dtype) for k, v in state.items()}

@@ -320,3 +320,81 @@ def test_gold_answers_teacher_forced_match_one_sequence_forwards(
         assert e["topk_idx"].shape == (len(a) + 1, TOPK)
         assert torch.equal(e["topk_idx"][:, 0], idx[:, 0].to(torch.int32))
         torch.testing.assert_close(e["topk_logit"].float(), v, atol=2e-2, rtol=1e-2)
+
+
+def _with_features(verifier: torch.nn.Module, examples: list[dict]) -> list[dict]:
+    """Attach the verifier's final-norm hidden states, as ``distill features`` stores them."""
+    out = []
+    for e in examples:
+        with torch.no_grad():
+            f = verifier.model(input_ids=e["ids"].long()[None]).last_hidden_state[0]
+        out.append({**e, "feat": f.to(torch.float16)})
+    return out
+
+
+def test_a_feature_drafter_starts_as_its_plain_init_and_learns_from_features(
+        verifier: torch.nn.Module) -> None:
+    from validator.drafter import drafter_hidden, shift_features, uses_features
+
+    plain, feat = build_drafter(verifier, 1), build_drafter(verifier, 1, features=True)
+    assert uses_features(feat) and not uses_features(plain)
+    x = torch.randint(3, VOCAB, (2, 9))
+    f = torch.randn(2, 9, 32)
+    with torch.no_grad():  # zero projection: exactly the plain drafter
+        assert torch.equal(drafter_hidden(feat, x, shift_features(f)).last_hidden_state,
+                           plain.model(input_ids=x).last_hidden_state)
+        # position p reads f_{p-1}: changing the last feature changes nothing
+        feat.model.feature_proj.weight.normal_()
+        g = f.clone()
+        g[:, -1] += 1.0
+        a = drafter_hidden(feat, x, shift_features(f)).last_hidden_state
+        b = drafter_hidden(feat, x, shift_features(g)).last_hidden_state
+        assert torch.equal(a, b)
+        g[:, 3] += 1.0  # ... and changing f_3 changes positions 4 on, not 0..3
+        c = drafter_hidden(feat, x, shift_features(g)).last_hidden_state
+        assert torch.equal(a[:, :4], c[:, :4]) and not torch.allclose(a[:, 4:], c[:, 4:])
+    with pytest.raises(ValueError, match="hidden states"):
+        drafter_hidden(feat, x, None)
+
+
+def test_feature_drafter_distillation_step_and_save_load(verifier: torch.nn.Module,
+                                                         tmp_path: Path) -> None:
+    from validator.distill_eval import greedy_agreement
+
+    d = build_drafter(verifier, 1, features=True)
+    params = own_parameters(d)
+    assert any(p is d.model.feature_proj.weight for p in params)
+    for p in params:
+        p.requires_grad_(True)
+    batch = _with_features(verifier, _examples(verifier))
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    before, st = kd_loss(d, batch, PAD, feature_weight=1.0)
+    assert st["feat"] > 0
+    opt.zero_grad()
+    before.backward()
+    assert float(d.model.feature_proj.weight.grad.abs().sum()) > 0
+    opt.step()
+    with torch.no_grad():
+        after, _ = kd_loss(d, batch, PAD, feature_weight=1.0)
+    assert float(after) < float(before.detach())
+    folder = save_drafter(d, tmp_path / "feat", {})
+    assert read_meta(folder)["features"] is True
+    d2 = load_drafter(folder, verifier)
+    assert torch.equal(d2.model.feature_proj.weight, d.model.feature_proj.weight)
+    assert greedy_agreement(d2, batch, PAD) == greedy_agreement(d, batch, PAD)
+
+
+def test_features_on_disk_match_the_examples(verifier: torch.nn.Module, tmp_path: Path) -> None:
+    from validator import distill_data as dd
+
+    shard = tmp_path / "data" / "shard_00000.pt"
+    shard.parent.mkdir()
+    examples = _examples(verifier, 5)
+    dd.atomic_torch_save({"meta": {}, "examples": examples}, shard)
+    with pytest.raises(FileNotFoundError, match="distill features"):
+        dd.load_examples([shard], features=True)
+    assert dd.write_features(verifier, shard, PAD, batch=2) == sum(len(e["ids"]) for e in examples)
+    assert dd.feature_path(shard) == tmp_path / "data_features" / "shard_00000.pt"
+    loaded = dd.load_examples([shard], features=True)
+    for e, ref in zip(loaded, _with_features(verifier, examples), strict=True):
+        assert torch.allclose(e["feat"].float(), ref["feat"].float(), atol=2e-3)
