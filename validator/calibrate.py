@@ -125,7 +125,13 @@ def build_random(cfg: dict[str, Any], dtype: str, device: str) -> Any:
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=getattr(torch, dtype))
-    return with_head(model.eval().requires_grad_(False), model, cfg)
+    model = model.eval().requires_grad_(False)
+    if not cfg.get("features"):
+        return with_head(model, model, cfg)
+    from validator.drafter import build_drafter
+
+    drafter = build_drafter(model, int(cfg["num_hidden_layers"]), features=True)
+    return FeatureStep(with_head(drafter, model, cfg))
 
 
 def with_head(model: Any, verifier: Any, cfg: dict[str, Any]) -> Any:
@@ -141,6 +147,31 @@ def with_head(model: Any, verifier: Any, cfg: dict[str, Any]) -> Any:
     return set_subset_head(model, verifier, ids)
 
 
+class FeatureStep:
+    """A feature drafter as the calibration's steps call models (``model(input_ids=..., cache=,
+    use_cache=, logits_to_keep=)`` -> ``.logits``), paying what the decoder pays per call: the
+    previous hidden states (here zeros of the same shape) through ``feature_proj`` into the
+    input, the layers, the head over the kept positions."""
+
+    def __init__(self, drafter: Any) -> None:
+        self.drafter, self.config = drafter, drafter.config
+
+    def __call__(self, input_ids: Any, cache: Any = None, use_cache: bool = True,
+                 logits_to_keep: int = 0, **kw: Any) -> Any:
+        from types import SimpleNamespace
+
+        import torch
+
+        from validator.drafter import drafter_hidden
+
+        ref = self.drafter.model.embed_tokens.weight
+        prev = torch.zeros((*input_ids.shape, ref.shape[1]), dtype=ref.dtype, device=ref.device)
+        h = drafter_hidden(self.drafter, input_ids, prev, cache=cache,
+                           use_cache=use_cache).last_hidden_state
+        keep = logits_to_keep or h.shape[1]
+        return SimpleNamespace(logits=self.drafter.lm_head(h[:, -keep:]))
+
+
 def build_real(roles: dict[str, dict[str, Any]], dtype: str, device: str) -> dict[str, Any]:
     """Role -> model with real weights: only SmolLM2-135M (and its layer drafters) load here."""
     import torch
@@ -154,9 +185,15 @@ def build_real(roles: dict[str, dict[str, Any]], dtype: str, device: str) -> dic
     from validator.smollm2 import load_verifier
 
     verifier, _ = load_verifier(dtype=getattr(torch, dtype), device=device)
-    return {role: verifier if role == "verifier" else
-            with_head(build_drafter(verifier, int(cfg["num_hidden_layers"])), verifier, cfg)
-            for role, cfg in roles.items()}
+    out: dict[str, Any] = {}
+    for role, cfg in roles.items():
+        if role == "verifier":
+            out[role] = verifier
+            continue
+        d = with_head(build_drafter(verifier, int(cfg["num_hidden_layers"]),
+                                    features=bool(cfg.get("features"))), verifier, cfg)
+        out[role] = FeatureStep(d) if cfg.get("features") else d
+    return out
 
 
 # ---- steps and timing ----------------------------------------------------------------------

@@ -9,6 +9,16 @@ more token (the correction or the bonus). Every model keeps its own DynamicCache
 count; a model that is behind feeds all its unseen tokens in one call (the prompt in the first
 round), so no accepted token is ever recomputed: rejected positions are cropped away.
 
+A feature drafter (``validator.drafter``, EAGLE-style) reads the verifier's final-norm hidden
+state of the previous position. With one among the drafters, the first round drafts nothing (the
+verifier prefills the prompt and emits token 0: stop "prefill"), so later rounds have features;
+every verifier pass stores its hidden states, and a feature drafter stores its own past the
+verified prefix, where it drafts on them. Its cache entries computed on its own hidden states are
+recomputed on the verifier's at the next round (one call of a+1 tokens that also feeds the new
+token). So its first draft of a round reads what the recorder's teacher-forced pass reads and
+later ones what its continuation from that row reads (validator/record.py): greedy rounds
+replay exactly (simulator/engines/replay.py, chain drafters).
+
 Signals are those of ``validator.signals``: of the distribution the decoder draws from (the
 temperature-t softmax when sampling, temperature 1 under greedy), as validator/record.py records
 them; the verifier entropy handed to the next round's plan likewise. Acceptance rules and
@@ -26,7 +36,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -36,6 +46,7 @@ from simulator.errors import PolicyError
 from simulator.policies import Context, Outcome, Policy
 from simulator.trace import RULE_NAMES
 
+from .drafter import input_embeds, uses_features
 from .signals import (
     SIGNAL_NAMES,
     acceptance,
@@ -46,7 +57,7 @@ from .signals import (
     residual,
 )
 
-STOPS = ("policy", "cap", "end", "eos")  # why a round stopped drafting (see RoundLog.stop)
+STOPS = ("policy", "cap", "end", "eos", "prefill")  # why a round stopped (RoundLog.stop)
 
 
 class Draws(Protocol):
@@ -112,7 +123,8 @@ class RoundLog:
     tokens it could draft, min(plan.cap, remaining - 1). drafted / accepted: tokens.
     emitted: tokens the round added to the output (accepted + 1, fewer if EOS cut it).
     stop: "policy" (stop fired), "cap" (plan.cap reached), "end" (the max_new_tokens limit),
-    "eos" (the drafter drafted an end-of-sequence token: nothing after it can be emitted).
+    "eos" (the drafter drafted an end-of-sequence token: nothing after it can be emitted),
+    "prefill" (the first round with a feature drafter: the verifier alone, cap 0).
     eos: the round emitted EOS. rules: rule name per drafted token. signals: name -> value per
     draft step (all of SIGNAL_NAMES, nats / probability). probe_entropy: every drafter's
     Shannon entropy at ``start`` (nats) for probing policies, else None. seconds: wall clock.
@@ -156,24 +168,75 @@ class DecodeResult:
         return {**asdict(self), "tokens_per_second": self.tokens_per_second}
 
 
-class _Model:
-    """A model with its KV cache and ``seen``: how many tokens of the sequence the cache holds."""
+class _Features:
+    """Final-norm hidden states by position (L, d): the verifier's over its verified prefix
+    (the first ``verified`` positions); each feature drafter keeps its own beyond it."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.cache, self.seen, self.calls = module, DynamicCache(), 0, 0
+    def __init__(self, length: int, width: int, like: torch.Tensor) -> None:
+        self.h = like.new_zeros((length, width))
+        self.verified = 0
+
+    def previous(self, lo: int, hi: int, own: torch.Tensor) -> torch.Tensor:
+        """What positions lo..hi-1 read: f_{lo-1}..f_{hi-2} (f_{-1} = 0), the verifier's below
+        ``verified`` and ``own`` (a drafter's states, same shape as ``h``) from there on."""
+        out = self.h.new_zeros((hi - lo, self.h.shape[1]))
+        a = max(lo - 1, 0)
+        src = torch.where((torch.arange(a, hi - 1, device=own.device) < self.verified)[:, None],
+                          self.h[a:hi - 1], own[a:hi - 1])
+        out[a - (lo - 1):] = src
+        return out
+
+
+class _Model:
+    """A model with its KV cache and ``seen``: how many tokens of the sequence the cache holds.
+
+    With ``features`` (some drafter reads them) the verifier writes its hidden states there; a
+    feature drafter reads them and keeps ``exact``: the leading positions whose cache entries
+    were computed on the verifier's own features (it recomputes the rest before feeding on).
+    """
+
+    def __init__(self, module: torch.nn.Module, features: _Features | None = None,
+                 verifier: bool = False) -> None:
+        self.module: Any = module  # a transformers causal LM: .model, .lm_head
+        self.cache, self.seen, self.calls = DynamicCache(), 0, 0
+        self.reads = uses_features(module)
+        self.features = features if (verifier or self.reads) else None
+        self.verifier, self.exact = verifier, 0
+        self.own = torch.zeros_like(features.h) if self.reads and features is not None else None
 
     def feed(self, seq: torch.Tensor, upto: int, keep: int) -> torch.Tensor:
         """Feed seq[seen:upto] in one call; logits (keep, V) of its last ``keep`` positions."""
-        out = self.module(input_ids=seq[None, self.seen:upto], cache=self.cache,
-                          use_cache=True, logits_to_keep=keep)
+        if self.features is None:
+            out = self.module(input_ids=seq[None, self.seen:upto], cache=self.cache,
+                              use_cache=True, logits_to_keep=keep)
+            self.seen, self.calls = upto, self.calls + 1
+            return out.logits[0, -keep:]
+        f = self.features
+        if self.reads:
+            self.crop(self.exact)
+            lo = self.seen
+            assert self.own is not None
+            emb = input_embeds(self.module, seq[None, lo:upto],
+                               f.previous(lo, upto, self.own)[None])
+            h = self.module.model(inputs_embeds=emb, cache=self.cache,
+                                  use_cache=True).last_hidden_state[0]
+            self.own[lo:upto] = h  # read only past the verified prefix
+            self.exact = min(upto, f.verified + 1)
+        else:
+            lo = self.seen
+            h = self.module.model(input_ids=seq[None, lo:upto], cache=self.cache,
+                                  use_cache=True).last_hidden_state[0]
+            f.h[lo:upto] = h
         self.seen, self.calls = upto, self.calls + 1
-        return out.logits[0, -keep:]
+        return self.module.lm_head(h[-keep:])
 
     def crop(self, length: int) -> None:
         """Keep at most the first ``length`` tokens in the cache."""
         if self.seen > length:
             self.cache.crop(length - self.seen)  # transformers 5: negative = tokens to remove
             self.seen = length
+        if self.verifier and self.features is not None:
+            self.features.verified = self.seen
 
 
 def _sync(device: torch.device) -> None:
@@ -215,7 +278,6 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
     scale = 1.0 if greedy else float(temperature)  # logits are divided by it everywhere
     draws = draws if draws is not None else TorchDraws(generator)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    models = [_Model(m) for m in (verifier, *drafters)]
     names = tuple(dict.fromkeys(("entropy", *policy.signals())))
     prompt = input_ids.reshape(-1).to(device)
     if prompt.numel() == 0:
@@ -223,6 +285,11 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
     length = prompt.numel()  # prompt + emitted tokens
     seq = torch.zeros(length + max_new_tokens, dtype=torch.long, device=device)  # drafts fit
     seq[:length] = prompt
+    feats = None
+    if any(uses_features(m) for m in drafters):
+        ref = cast(Any, verifier).get_input_embeddings().weight
+        feats = _Features(length + max_new_tokens, int(ref.shape[1]), ref.float())
+    models = [_Model(verifier, feats, verifier=True), *(_Model(m, feats) for m in drafters)]
     tokens: list[int] = []
     rounds: list[RoundLog] = []
     state = policy.initial_state()
@@ -235,19 +302,24 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
             t0 = time.perf_counter()
             remaining = max_new_tokens - len(tokens)
             probe: list[torch.Tensor] = []
-            if policy.probes_all_drafters:  # every drafter drafts step 0 here
+            prefill = feats is not None and not tokens  # no hidden states to draft on yet
+            if policy.probes_all_drafters and not prefill:  # every drafter drafts step 0 here
                 probe = [as_float(m.feed(seq, length, 1)[-1]) / scale for m in models[1:]]
             first = np.array([float(entropy(x)) for x in probe]) if probe else None
-            plan = policy.plan(state, Context(position=len(tokens), remaining=remaining,
-                                              prev_verifier_entropy=prev_h, first_entropy=first))
-            d, cap = int(plan.drafter), min(int(plan.cap), remaining - 1)
+            if prefill:  # the verifier alone; the policy is neither asked nor told
+                d, cap, stop = 0, 0, "prefill"
+            else:
+                plan = policy.plan(state, Context(position=len(tokens), remaining=remaining,
+                                                  prev_verifier_entropy=prev_h,
+                                                  first_entropy=first))
+                d, cap = int(plan.drafter), min(int(plan.cap), remaining - 1)
+                stop = "cap" if cap == int(plan.cap) else "end"
             if cap > 0 and not 0 <= d < len(drafters):
                 raise PolicyError(f"policy {policy.name} chose drafter {d}; there are "
                                   f"{len(drafters)}")
             logits: list[torch.Tensor] = []
             steps: dict[str, list[float]] = {s: [] for s in SIGNAL_NAMES}
             rules: list[int] = []
-            stop = "cap" if cap == int(plan.cap) else "end"
             for j in range(max(cap, 0)):
                 row = probe[d] if probe and j == 0 else \
                     as_float(models[1 + d].feed(seq, length + j, 1)[-1]) / scale
@@ -266,6 +338,8 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
                     break
             n = len(rules)
             v_logits = as_float(models[0].feed(seq, length + n, n + 1)) / scale
+            if feats is not None:
+                feats.verified = length + n
             p = torch.softmax(v_logits, -1)
             q = torch.softmax(torch.stack(logits), -1) if n else p[:0]
             a, tok = verify(p, q, seq[length:length + n],
@@ -279,8 +353,9 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
             if hit:
                 block, finish = block[:hit[0] + 1], "eos"
             tokens += block
-            state = policy.update(state, Outcome(d, n, a, {s: np.asarray(steps[s])
-                                                           for s in names}))
+            if not prefill:
+                state = policy.update(state, Outcome(d, n, a, {s: np.asarray(steps[s])
+                                                               for s in names}))
             length += a + 1
             _sync(device)
             rounds.append(RoundLog(

@@ -64,6 +64,7 @@ from simulator.errors import EntrospecError
 from simulator.trace import META_KEY, OPTIONAL, REQUIRED, build_table, write_parquet_atomic
 
 from .datasets import Prompt
+from .drafter import drafter_hidden, input_embeds, shift_features, uses_features
 
 STATS = ("entropy", "top1_prob", "renyi2_entropy", "topk_entropy", "margin")
 FREERUN = {"entropy": "freerun_entropy", "top1_prob": "freerun_top1_prob",
@@ -333,38 +334,67 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, mo
     return tokens[:, :width], lengths, buf[:, :width]
 
 
-@torch.inference_mode()
-def teacher_force(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Tensor,
-                  lengths: torch.Tensor, pad: int) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """Drafter over prompt + y: (logits (B, T, V) at the positions predicting y_t, cache, mask).
-
-    Layout: left-padded prompts (width L), then y_0..y_{T-2}; column L-1+t predicts y_t.
-    """
-    device = next(model.parameters()).device
+def _layout(prompts: Sequence[Sequence[int]], tokens: torch.Tensor, lengths: torch.Tensor,
+            pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of left-padded prompts (width L) then y_0..y_{T-2}: column L-1+t predicts y_t."""
     ids, mask = left_pad(prompts, pad, device)
     width = tokens.shape[1]
     gen_mask = (torch.arange(width - 1, device=device)[None] < (lengths[:, None] - 1)).long()
-    ids = torch.cat([ids, tokens[:, :width - 1]], 1)
-    mask = torch.cat([mask, gen_mask], 1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
-                logits_to_keep=width)
-    return out.logits, out.cache, mask
+    return torch.cat([ids, tokens[:, :width - 1]], 1), torch.cat([mask, gen_mask], 1)
+
+
+@torch.inference_mode()
+def verifier_features(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Tensor,
+                      lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """What a feature drafter reads at each column of the teacher-forced layout: the verifier's
+    final-norm hidden state of the column before (zero before a prompt's first token), (B, C, d)."""
+    ids, mask = _layout(prompts, tokens, lengths, pad, next(model.parameters()).device)
+    h = model.model(input_ids=ids, attention_mask=mask,
+                    position_ids=positions(mask)).last_hidden_state
+    return shift_features(h * mask[..., None].to(h.dtype))
+
+
+@torch.inference_mode()
+def teacher_force(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Tensor,
+                  lengths: torch.Tensor, pad: int, features: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor | None]:
+    """Drafter over prompt + y: (logits (B, T, V) at the positions predicting y_t, cache, mask,
+    and for a feature drafter its hidden states (B, T, d) there; else None).
+
+    Layout: left-padded prompts (width L), then y_0..y_{T-2}; column L-1+t predicts y_t. A
+    feature drafter reads ``features`` (``verifier_features``).
+    """
+    device = next(model.parameters()).device
+    ids, mask = _layout(prompts, tokens, lengths, pad, device)
+    width = tokens.shape[1]
+    if not uses_features(model):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                    use_cache=True, logits_to_keep=width)
+        return out.logits, out.cache, mask, None
+    res = drafter_hidden(model, ids, features, attention_mask=mask, position_ids=positions(mask),
+                         use_cache=True)
+    h = res.last_hidden_state[:, -width:]
+    return model.lm_head(h), res.cache, mask, h
 
 
 @torch.inference_mode()
 def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
             prompt_lens: torch.Tensor, rows_b: torch.Tensor, rows_t: torch.Tensor,
-            first: torch.Tensor, uniforms: torch.Tensor | None, cfg: RecordConfig
-            ) -> dict[str, torch.Tensor]:
+            first: torch.Tensor, uniforms: torch.Tensor | None, cfg: RecordConfig,
+            hidden: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Drafter continuations of K_max own tokens from rows (b, t), starting with token ``first``.
 
     The cache of teacher_force holds prompt + y; row (b, t) keeps prompt + y_<t by masking the
-    cache columns from L + t on. Returns each of FREERUN's signals as (R, K_max) on the CPU.
+    cache columns from L + t on. A feature drafter (``hidden``: its teacher-forced hidden states
+    (B, T, d)) feeds ``first`` on its own state at (b, t), then each step on the step before's,
+    as the decoder drafts past the verified prefix. Returns each of FREERUN's signals as
+    (R, K_max) on the CPU.
     """
     device = mask.device
     rows_b, rows_t, first = rows_b.cpu(), rows_t.cpu(), first.cpu()
     r, k = rows_b.numel(), cfg.k_max
     res = {s: torch.empty((r, k), dtype=torch.float32) for s in FREERUN}
+    res["draft"] = torch.empty((r, k), dtype=torch.long)  # step j's argmax: drafts t + 1 + j
     order = torch.argsort(rows_t, stable=True)
     for lo in range(0, r, cfg.freerun_batch):
         idx = order[lo:lo + cfg.freerun_batch]
@@ -375,13 +405,21 @@ def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
         m = mask[b, :cols] * (torch.arange(cols, device=device)[None] < (width_prompt + t)[:, None])
         pos = (prompt_lens[b] + t)[:, None]
         tok = first[idx].to(device)
+        prev = None if hidden is None else hidden[b, t]
         for j in range(k):
             m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
-            out = model(input_ids=tok[:, None], attention_mask=m, position_ids=pos + j,
-                        cache=sub, use_cache=True)
-            stats, q = dist_stats(out.logits[:, -1], cfg.temperature, cfg.topk)
+            if prev is None:
+                logits = model(input_ids=tok[:, None], attention_mask=m, position_ids=pos + j,
+                               cache=sub, use_cache=True).logits[:, -1]
+            else:
+                h = model.model(inputs_embeds=input_embeds(model, tok[:, None], prev[:, None]),
+                                attention_mask=m, position_ids=pos + j, cache=sub,
+                                use_cache=True).last_hidden_state[:, -1]
+                logits, prev = model.lm_head(h), h
+            stats, q = dist_stats(logits, cfg.temperature, cfg.topk)
             for s in FREERUN:
                 res[s][idx, j] = stats[s].cpu()
+            res["draft"][idx, j] = q.argmax(-1).cpu()
             if j < k - 1:
                 tok = q.argmax(-1) if cfg.greedy else \
                     sample(q, uniforms[idx, j + 1].to(device))  # type: ignore[index]
@@ -446,11 +484,18 @@ def record_group(models: Models, prompts: Sequence[Prompt], ids: Sequence[Sequen
     base["verifier_entropy"] = torch.cat([s["entropy"] for s in vstats]).cpu().numpy()
     base["verifier_margin"] = torch.cat([s["margin"] for s in vstats]).cpu().numpy()
     blocks: list[dict[str, Any]] = []
+    feats = None
+    any_chain = any(uses_features(d) for d in models.drafters.values())
+    if any_chain:
+        feats = verifier_features(models.verifier, ids, tokens, lengths, models.pad_id)
+        lap("verifier_features")
     for name, drafter in models.drafters.items():
-        q_logits, cache, mask = teacher_force(drafter, ids, tokens, lengths, models.pad_id)
+        q_logits, cache, mask, hid = teacher_force(drafter, ids, tokens, lengths, models.pad_id,
+                                                   feats)
         lap("teacher_force")
         cols: dict[str, list[torch.Tensor]] = {}
         rows_b, rows_t, first, ufr = [], [], [], []
+        chain = hid is not None  # a feature drafter: its continuation from every row
         for b, m in enumerate(lens):
             pl, ql = _align(p_logits[b, :m], q_logits[b, :m])
             stats, _ = dist_stats(ql, cfg.temperature, cfg.topk)
@@ -459,6 +504,8 @@ def record_group(models: Models, prompts: Sequence[Prompt], ids: Sequence[Sequen
             for key, val in [*((f"draft_{s}", v) for s, v in stats.items()), *acc.items()]:
                 cols.setdefault(key, []).append(val.cpu())
             has = ~acc["draft_match"] if cfg.greedy else acc["accept_prob"] < 1
+            if chain:
+                has = torch.ones_like(has)
             t_idx = torch.nonzero(has)[:, 0]
             rows_b.append(torch.full_like(t_idx, b))
             rows_t.append(t_idx)
@@ -474,8 +521,8 @@ def record_group(models: Models, prompts: Sequence[Prompt], ids: Sequence[Sequen
         lap("columns")
         rb, rt = torch.cat(rows_b), torch.cat(rows_t)
         fr = freerun(drafter, cache, mask, width, plens, rb, rt, torch.cat(first),
-                     None if cfg.greedy else torch.cat(ufr), cfg)
-        del cache, q_logits
+                     None if cfg.greedy else torch.cat(ufr), cfg, hid)
+        del cache, q_logits, hid
         lap("freerun")
         flat = (torch.as_tensor(off[:-1])[rb.cpu()] + rt.cpu()).numpy()
         has_np = np.zeros(n, dtype=bool)
@@ -486,6 +533,15 @@ def record_group(models: Models, prompts: Sequence[Prompt], ids: Sequence[Sequen
             full = np.zeros((n, cfg.k_max), dtype=np.float32)
             full[flat] = fr[s].numpy()
             block[col] = _list_column(full, has_np)
+        if any_chain:  # 1 where the continuation's draft at row + 1 + j is the verifier's
+            ok = np.zeros((n, cfg.k_max), dtype=np.float32)
+            if chain:
+                tgt = flat[:, None] + 1 + np.arange(cfg.k_max)
+                inside = tgt < np.repeat(off[1:], lens)[flat][:, None]
+                tok_flat = base["token_id"]
+                ok[flat] = (inside & (fr["draft"].numpy() ==
+                                      tok_flat[np.minimum(tgt, n - 1)])).astype(np.float32)
+            block["freerun_accept_prob"] = _list_column(ok, np.full(n, chain))
         blocks.append(block)
     return {k: pa.concat_arrays([pa.array(b[k]) if not isinstance(b[k], pa.Array) else b[k]
                                  for b in blocks]) for k in blocks[0]}
@@ -567,6 +623,10 @@ def record(models: Models, prompts: Sequence[Prompt], token_ids: Sequence[Sequen
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     cfg.check()
+    feature = [n for n, d in models.drafters.items() if uses_features(d)]
+    if feature and not cfg.greedy:
+        raise RecordError(f"drafters {feature} draft on their own hidden states: their traces "
+                          "are recorded greedy only (--temperature 0)")
     out, parts = Path(out), parts_dir(Path(out))
     if not prompts or len(prompts) != len(token_ids) or any(len(x) == 0 for x in token_ids):
         raise RecordError("need one non-empty token sequence per prompt, and some prompts")

@@ -222,3 +222,24 @@ def test_normalize_by_probe_removes_a_drift_the_probe_sees() -> None:
     untouched = {"median_s": 1.0}
     normalize_by_probe([untouched], probe)
     assert untouched == {"median_s": 1.0}
+
+
+def test_a_feature_drafter_config_is_timed_with_its_projection() -> None:
+    from validator.calibrate import FeatureStep, build_random, draft_step
+    from validator.drafter import SubsetHead, uses_features
+
+    cfg = json.loads((CONFIG_DIR / "models" / "smollm2-135m-f1-h8k.json").read_text())
+    plain = json.loads((CONFIG_DIR / "models" / "smollm2-135m-d1-h8k.json").read_text())
+    tiny = {**cfg, "hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "head_dim": 8, "intermediate_size": 32, "vocab_size": 64, "head_tokens": 8}
+    step = build_random(tiny, "float32", "cpu")
+    assert isinstance(step, FeatureStep) and uses_features(step.drafter)
+    assert isinstance(step.drafter.lm_head, SubsetHead)
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=step.config)
+    signals, tokens = draft_step(step, torch.randint(64, (1, 5)), cache)
+    assert cache.get_seq_length() == 5 and len(tokens) == 1 and 0 <= tokens[0] < 64
+    n, c = np.array(1.0), np.array(300.0)
+    extra = decode_cost(cfg, n, c, 2.0)[1] - decode_cost(plain, n, c, 2.0)[1]
+    assert extra == pytest.approx(2 * 576 * 576)  # the projection's multiply-adds

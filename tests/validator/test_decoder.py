@@ -19,7 +19,7 @@ from simulator.engines import run_reference  # noqa: E402
 from simulator.errors import PolicyError  # noqa: E402
 from simulator.latency import Const  # noqa: E402
 from simulator.policies import REGISTRY, make, names  # noqa: E402
-from simulator.trace import read_trace, write_trace  # noqa: E402
+from simulator.trace import Trace, read_trace, write_trace  # noqa: E402
 from validator.decoder import STOPS, speculative_generate  # noqa: E402
 from validator.signals import SIGNAL_NAMES, draft_signals, entropy  # noqa: E402
 
@@ -313,15 +313,12 @@ def test_kv_cache_logits_equal_full_recompute(temperature: float) -> None:
 
 
 
-def test_rounds_equal_the_replay_of_a_trace_from_validator_record(pair: Any,
-                                                                  tmp_path: Path) -> None:
-    """The same link through the project's recorder: a trace written by validator.record
-    (batched generation, teacher forcing, free-runs) replays to the decoder's rounds, with
-    max_new_tokens = the recorded length of each prompt."""
+def record_tiny(verifier: torch.nn.Module, drafters: list[torch.nn.Module],
+                tmp_path: Path) -> Trace:
+    """The trace validator.record writes for PROMPTS on this tiny pair (24 new tokens, greedy)."""
     record = pytest.importorskip("validator.record")
     from validator.datasets import Prompt
 
-    verifier, drafters = pair
     names_ = [f"d{i}" for i in range(len(drafters))]
     models = record.Models(verifier, dict(zip(names_, drafters, strict=True)), (VOCAB - 1,), 0)
     cfg = record.RecordConfig(max_new_tokens=24, k_max=K_MAX, topk=TOPK, batch=3)
@@ -330,18 +327,91 @@ def test_rounds_equal_the_replay_of_a_trace_from_validator_record(pair: Any,
                   [list(p) for p in PROMPTS], cfg, path,
                   {"verifier": {"name": "tiny"}, "drafters": [{"name": n} for n in names_],
                    "dataset": "tiny", "pair": "tiny"}, decode=str)
-    trace = read_trace(path)
+    return read_trace(path)
+
+
+def test_rounds_equal_the_replay_of_a_trace_from_validator_record(pair: Any,
+                                                                  tmp_path: Path) -> None:
+    """The same link through the project's recorder: a trace written by validator.record
+    (batched generation, teacher forcing, free-runs) replays to the decoder's rounds, with
+    max_new_tokens = the recorded length of each prompt."""
+    verifier, drafters = pair
+    trace = record_tiny(verifier, drafters, tmp_path)
     for name, params in [("fixed", {"k": 3}), ("stop_absolute", {"quantile": 0.5}),
                          ("min_entropy", {"k": 6, "theta": 1.5}),
                          ("hf_confidence", {"k": 8}), ("router", {"quantile": (0.33, 0.66)})]:
+        decode_as_replayed(verifier, drafters, trace, _case_policy(name, params, trace))
+
+
+def decode_as_replayed(verifier: torch.nn.Module, drafters: list[torch.nn.Module],
+                       trace: Trace, policy: Any) -> list[list[Any]]:
+    """Decode each of PROMPTS for its recorded length and assert that the output is the
+    trace's tokens and the rounds (drafter, drafted, accepted) are the reference replay's;
+    the decoder's rounds, per prompt."""
+    sim = run_reference(trace, policy, Const(draft=1e-3, verify=5e-3))
+    logs = []
+    for p, prompt in enumerate(PROMPTS):
+        y = trace.token_id[trace.offsets[p]:trace.offsets[p + 1]].tolist()
+        out = speculative_generate(verifier, drafters, torch.tensor(prompt), policy, len(y),
+                                   topk=TOPK)
+        assert list(out.tokens) == y
+        mine = sim.prompt == p
+        assert [(r.drafter, r.drafted, r.accepted) for r in out.rounds] == list(zip(
+            sim.drafter[mine].tolist(), sim.drafted[mine].tolist(),
+            sim.accepted[mine].tolist(), strict=True)), (policy.name, p)
+        logs.append(list(out.rounds))
+    return logs
+
+
+def feature_drafter(verifier: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
+    """A one-layer feature drafter on ``verifier`` (shared embedding and head): the verifier's
+    first layer perturbed, and a random projection of the verifier's hidden states."""
+    from validator.drafter import build_drafter
+
+    d = build_drafter(verifier, 1, features=True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for w in d.model.layers.parameters():
+            w.add_(torch.randn(w.shape, generator=g, dtype=w.dtype) * scale * w.std())
+        d.model.feature_proj.weight.copy_(
+            torch.randn(d.model.feature_proj.weight.shape, generator=g, dtype=torch.float64))
+    return d.requires_grad_(False)
+
+
+def test_feature_drafters_replay_exactly_as_chain_drafters(pair: Any, tmp_path: Path) -> None:
+    """Feature drafters (they read the verifier's hidden states, and their own past the
+    verified prefix): greedy output is the verifier's, and every round equals the replay of a
+    trace recorded by validator.record, whose rows hold each feature drafter's continuation
+    from every position (chain drafters): a prefill round first, then drafts that depend on
+    where their round began."""
+    verifier, plain = pair
+    drafters = [feature_drafter(verifier, 1, 0.3), plain[1], feature_drafter(verifier, 2, 0.6)]
+    trace = record_tiny(verifier, drafters, tmp_path)
+    accepted = 0
+    for name, params in [("fixed", {"k": 1}), ("fixed", {"k": 4}),
+                         ("stop_absolute", {"quantile": 0.5}),
+                         ("min_entropy", {"k": 6, "theta": 1.5}),
+                         ("router", {"quantile": (0.33, 0.66)})]:
+        for rounds in decode_as_replayed(verifier, drafters, trace,
+                                         _case_policy(name, params, trace)):
+            assert rounds[0].stop == "prefill" and rounds[0].drafted == 0
+            accepted += sum(r.accepted for r in rounds if r.drafter != 1)
+    for p, prompt in enumerate(PROMPTS):
+        y = trace.token_id[trace.offsets[p]:trace.offsets[p + 1]].tolist()
+        assert y == plain_greedy(verifier, list(prompt), len(y))
+    assert accepted > 0
+    # the drafter agrees on some tokens, not all: both branches of the replay are exercised
+    assert 0 < float(np.mean(trace.match[0])) < 1
+    assert trace.chain.tolist() == [True, False, True]
+    # every engine prices the chain rounds alike (cache kept only up to the round's start)
+    from simulator.engines import run_events, run_fast
+
+    lat = Const(draft=1e-3, verify=5e-3)
+    for name, params in [("fixed", {"k": 4}), ("stop_absolute", {"quantile": 0.5}),
+                         ("min_entropy", {"k": 6, "theta": 1.5})]:
         policy = _case_policy(name, params, trace)
-        sim = run_reference(trace, policy, Const(draft=1e-3, verify=5e-3))
-        for p, prompt in enumerate(PROMPTS):
-            y = trace.token_id[trace.offsets[p]:trace.offsets[p + 1]].tolist()
-            out = speculative_generate(verifier, drafters, torch.tensor(prompt), policy, len(y),
-                                       topk=TOPK)
-            assert list(out.tokens) == y
-            mine = sim.prompt == p
-            assert [(r.drafter, r.drafted, r.accepted) for r in out.rounds] == list(zip(
-                sim.drafter[mine].tolist(), sim.drafted[mine].tolist(),
-                sim.accepted[mine].tolist(), strict=True)), (name, p)
+        ref = run_reference(trace, policy, lat)
+        for other in (run_fast(trace, policy, lat), run_events(trace, policy, lat).rounds):
+            for f in ("start", "drafter", "drafted", "accepted", "probe", "draft_ns",
+                      "verify_ns"):
+                assert np.array_equal(getattr(ref, f), getattr(other, f)), (name, f)
