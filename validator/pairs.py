@@ -4,8 +4,10 @@
 validator.smollm2 (offline, PyPI GGUF) with the project's own distilled drafters, the folders
 ``drafters/<name>/`` the pair lists (drafter.json + drafter.safetensors, as validator.drafter
 writes them); ``-h8k`` has the same drafters' layers with heads over the 8,192 most frequent
-tokens. With a drafters folder given (``--drafters-dir``), every drafter trained for that verifier
-in it, cheapest (fewest layers) first. A missing drafter: a one-line error, never an untrained
+tokens; ``smollm2-135m-f1`` puts a one-layer feature drafter (EAGLE-style: it also reads the
+verifier's final hidden state, validator.drafter) beside d1-h8k. With a drafters folder given
+(``--drafters-dir``), every drafter trained for that verifier in it, cheapest (fewest layers)
+first. A missing drafter: a one-line error, never an untrained
 stand-in.
 
 Published pairs load by hub id from the local Hugging Face cache only (``local_files_only``, no
@@ -67,6 +69,9 @@ PAIRS: dict[str, Pair] = {p.name: p for p in (
          local_drafters=("smollm2-135m-d1", "smollm2-135m-d3")),
     Pair("smollm2-135m-h8k", None, note="the same drafters' layers, heads over 8,192 tokens",
          local_drafters=("smollm2-135m-d1-h8k", "smollm2-135m-d3-h8k")),
+    Pair("smollm2-135m-f1", None, note="a feature drafter (reads the verifier's hidden states) "
+                                       "and d1, heads over 8,192 tokens",
+         local_drafters=("smollm2-135m-f1-h8k", "smollm2-135m-d1-h8k")),
     Pair("0.5b-7b", _q("7B"), (_q("0.5B"),)),
     Pair("1.5b-32b", _q("32B"), (_q("1.5B"),)),
     Pair("opt-125m-2.7b", HubModel("opt-2.7b", "facebook/opt-2.7b"),

@@ -48,7 +48,8 @@ def _fake_cached(cache: Path, hub_id: str, weights: bool = True) -> None:
 
 
 def test_registry_names_the_published_pairs():
-    assert set(PAIRS) == {"smollm2-135m", "smollm2-135m-h8k", "0.5b-7b", "1.5b-32b",
+    assert set(PAIRS) == {"smollm2-135m", "smollm2-135m-h8k", "smollm2-135m-f1",
+                          "0.5b-7b", "1.5b-32b",
                           "opt-125m-2.7b", "llama-1b-3b", "r1-distill"}
     assert PAIRS["0.5b-7b"].verifier.hub_id == "Qwen/Qwen2.5-7B-Instruct"
     assert [m.hub_id for m in PAIRS["r1-distill"].drafters] == [
@@ -101,7 +102,7 @@ def test_smollm2_pairs_use_their_listed_drafters_unless_given_a_folder(tmp_path,
     with pytest.raises(PairError, match="drafter 'z' is not a trained drafter folder"):
         pairs.drafter_folders(pairs.Pair("q", None, local_drafters=("a", "z")))
     monkeypatch.undo()
-    for pair in ("smollm2-135m", "smollm2-135m-h8k"):  # the shipped pairs' folders exist
+    for pair in ("smollm2-135m", "smollm2-135m-h8k", "smollm2-135m-f1"):  # folders exist
         assert [f.name for f in pairs.drafter_folders(PAIRS[pair])] == list(
             PAIRS[pair].local_drafters)
 
