@@ -52,9 +52,10 @@ def greedy_agreement(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
 
     Teacher-forced on the verifier's own answers. The reference is the stored greedy token; with
     ``verifier`` given, the verifier's teacher-forced argmax is recomputed and also compared
-    (``agree_tf``), plus how often that argmax equals the stored token (``verifier_self``).
+    (``agree_tf``), plus how often that argmax equals the stored token (``verifier_self``); a
+    feature drafter on examples without stored features then reads the verifier's states.
     """
-    from validator.drafter import drafter_hidden
+    from validator.drafter import drafter_hidden, shift_features, uses_features
 
     hit = hit_tf = self_ok = total = 0
     for s in range(0, len(examples), batch):
@@ -62,13 +63,17 @@ def greedy_agreement(drafter: Any, examples: list[dict[str, Any]], pad_id: int,
         ids, mask = pad_right(chunk, pad_id)
         rows, cols = answer_positions(chunk)
         target = ids[rows, cols + 1]
-        h = drafter_hidden(drafter, ids, pad_features(chunk, ids.shape[1]),
-                           attention_mask=mask).last_hidden_state
+        feats = pad_features(chunk, ids.shape[1])
+        if verifier is not None:
+            vh = verifier.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            if feats is None and uses_features(drafter):  # float32, as the decoder reads them
+                feats = shift_features(vh)
+        h = drafter_hidden(drafter, ids, feats, attention_mask=mask).last_hidden_state
         pred = drafter.lm_head(h[rows, cols]).argmax(-1)
         hit += int((pred == target).sum())
         total += int(target.numel())
         if verifier is not None:
-            vpred = verifier(input_ids=ids, attention_mask=mask).logits[rows, cols].argmax(-1)
+            vpred = verifier.lm_head(vh[rows, cols]).argmax(-1)
             hit_tf += int((pred == vpred).sum())
             self_ok += int((vpred == target).sum())
     out = {"agreement": hit / max(total, 1), "tokens": float(total)}

@@ -398,3 +398,29 @@ def test_features_on_disk_match_the_examples(verifier: torch.nn.Module, tmp_path
     loaded = dd.load_examples([shard], features=True)
     for e, ref in zip(loaded, _with_features(verifier, examples), strict=True):
         assert torch.allclose(e["feat"].float(), ref["feat"].float(), atol=2e-3)
+
+
+def test_agreement_of_a_feature_drafter_reads_the_verifiers_states_when_none_are_stored(
+        verifier: torch.nn.Module) -> None:
+    """distill eval's examples carry no features: with the verifier given, greedy_agreement
+    computes its states (float32), as the decoder reads them. On answers that are the feature
+    drafter's own greedy continuation, that gives agreement 1; zero features give less."""
+    from validator.distill_eval import greedy_agreement
+    from validator.drafter import drafter_hidden, shift_features
+
+    d = build_drafter(verifier, 1, features=True)
+    with torch.no_grad():
+        d.model.feature_proj.weight.normal_(generator=torch.Generator().manual_seed(0))
+        own = []
+        for e in _examples(verifier):
+            ids = e["ids"].long().clone()
+            for p in range(int(e["answer_start"]) - 1, len(ids) - 1):  # greedy, one at a time
+                f = shift_features(verifier.model(input_ids=ids[None, :p + 1]).last_hidden_state)
+                h = drafter_hidden(d, ids[None, :p + 1], f).last_hidden_state[0, -1]
+                ids[p + 1] = d.lm_head(h).argmax()
+            own.append({**e, "ids": ids})
+        got = greedy_agreement(d, own, PAD, verifier=verifier)
+        zero = greedy_agreement(d, [{**e, "feat": torch.zeros((len(e["ids"]), 32))} for e in own],
+                                PAD)
+    assert got["agreement"] == 1.0
+    assert zero["agreement"] < 1.0  # the features matter to this drafter
