@@ -71,7 +71,7 @@ PAIRS: dict[str, Pair] = {p.name: p for p in (
          local_drafters=("smollm2-135m-d1-h8k", "smollm2-135m-d3-h8k")),
     Pair("smollm2-135m-f1", None, note="a feature drafter (reads the verifier's hidden states) "
                                        "and d1, heads over 8,192 tokens",
-         local_drafters=("smollm2-135m-f1-h8k", "smollm2-135m-d1-h8k")),
+         local_drafters=("smollm2-135m-f1-h8k-v2", "smollm2-135m-d1-h8k")),
     Pair("0.5b-7b", _q("7B"), (_q("0.5B"),)),
     Pair("1.5b-32b", _q("32B"), (_q("1.5B"),)),
     Pair("opt-125m-2.7b", HubModel("opt-2.7b", "facebook/opt-2.7b"),
