@@ -172,8 +172,8 @@ class _Features:
     """Final-norm hidden states by position (L, d): the verifier's over its verified prefix
     (the first ``verified`` positions); each feature drafter keeps its own beyond it."""
 
-    def __init__(self, length: int, width: int, like: torch.Tensor) -> None:
-        self.h = like.new_zeros((length, width))
+    def __init__(self, length: int, width: int, device: torch.device) -> None:
+        self.h = torch.zeros((length, width), dtype=torch.float32, device=device)
         self.verified = 0
 
     def previous(self, lo: int, hi: int, own: torch.Tensor) -> torch.Tensor:
@@ -226,7 +226,7 @@ class _Model:
             lo = self.seen
             h = self.module.model(input_ids=seq[None, lo:upto], cache=self.cache,
                                   use_cache=True).last_hidden_state[0]
-            f.h[lo:upto] = h
+            f.h[lo:upto], f.verified = h, upto  # cropped back on rejection (crop)
         self.seen, self.calls = upto, self.calls + 1
         return self.module.lm_head(h[-keep:])
 
@@ -287,8 +287,8 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
     seq[:length] = prompt
     feats = None
     if any(uses_features(m) for m in drafters):
-        ref = cast(Any, verifier).get_input_embeddings().weight
-        feats = _Features(length + max_new_tokens, int(ref.shape[1]), ref.float())
+        width = int(cast(Any, verifier).config.hidden_size)
+        feats = _Features(length + max_new_tokens, width, device)
     models = [_Model(verifier, feats, verifier=True), *(_Model(m, feats) for m in drafters)]
     tokens: list[int] = []
     rounds: list[RoundLog] = []
@@ -338,8 +338,6 @@ def speculative_generate(verifier: torch.nn.Module, drafters: Sequence[torch.nn.
                     break
             n = len(rules)
             v_logits = as_float(models[0].feed(seq, length + n, n + 1)) / scale
-            if feats is not None:
-                feats.verified = length + n
             p = torch.softmax(v_logits, -1)
             q = torch.softmax(torch.stack(logits), -1) if n else p[:0]
             a, tok = verify(p, q, seq[length:length + n],
