@@ -64,7 +64,7 @@ from simulator.errors import EntrospecError
 from simulator.trace import META_KEY, OPTIONAL, REQUIRED, build_table, write_parquet_atomic
 
 from .datasets import Prompt
-from .drafter import drafter_hidden, input_embeds, shift_features, uses_features
+from .drafter import drafter_hidden, shift_features, uses_features
 
 STATS = ("entropy", "top1_prob", "renyi2_entropy", "topk_entropy", "margin")
 FREERUN = {"entropy": "freerun_entropy", "top1_prob": "freerun_top1_prob",
@@ -367,14 +367,10 @@ def teacher_force(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Te
     device = next(model.parameters()).device
     ids, mask = _layout(prompts, tokens, lengths, pad, device)
     width = tokens.shape[1]
-    if not uses_features(model):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                    use_cache=True, logits_to_keep=width)
-        return out.logits, out.cache, mask, None
     res = drafter_hidden(model, ids, features, attention_mask=mask, position_ids=positions(mask),
                          use_cache=True)
     h = res.last_hidden_state[:, -width:]
-    return model.lm_head(h), res.cache, mask, h
+    return model.lm_head(h), res.cache, mask, h if uses_features(model) else None
 
 
 @torch.inference_mode()
@@ -408,14 +404,10 @@ def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
         prev = None if hidden is None else hidden[b, t]
         for j in range(k):
             m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
-            if prev is None:
-                logits = model(input_ids=tok[:, None], attention_mask=m, position_ids=pos + j,
-                               cache=sub, use_cache=True).logits[:, -1]
-            else:
-                h = model.model(inputs_embeds=input_embeds(model, tok[:, None], prev[:, None]),
-                                attention_mask=m, position_ids=pos + j, cache=sub,
-                                use_cache=True).last_hidden_state[:, -1]
-                logits, prev = model.lm_head(h), h
+            h = drafter_hidden(model, tok[:, None], None if prev is None else prev[:, None],
+                               attention_mask=m, position_ids=pos + j, cache=sub,
+                               use_cache=True).last_hidden_state[:, -1]
+            logits, prev = model.lm_head(h), None if prev is None else h
             stats, q = dist_stats(logits, cfg.temperature, cfg.topk)
             for s in FREERUN:
                 res[s][idx, j] = stats[s].cpu()
