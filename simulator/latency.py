@@ -16,13 +16,18 @@ Profile format (``entrospec-profile/1``), JSON:
    "models": {"<role>": {"model": "<name>", "coef": [a, b, c, d],
                           "points": [{"new": n, "context": c, "median_s": t}, ...],
                           "heldout": {"median_rel_err": e, "max_rel_err": e},
-                          "pieces": [{"new": [lo, hi], "coef": [a, b, c, d]}, ...]}}}
+                          "pieces": [{"new": [lo, hi], "coef": [a, b, c, d],
+                                      "knee": {"context": K, "coef": [e, f]}}, ...],
+                          "new_factors": {"3": 1.17, ...}}}}
 Roles are "verifier" and each drafter name as it appears in the trace. Where a role has
 "pieces" (optional; hi null = no bound; together they cover every new >= 1), a pass over ``new``
 tokens is priced by the linear form of the piece holding ``new`` (on CPU one token runs
 matrix-vector kernels, so cost jumps between new = 1 and 2), or by a piece of fewer tokens where
 that costs more (the running maximum: a pass never gets cheaper with more tokens, even where
-separately fitted pieces would say so). Otherwise by "coef".
+separately fitted pieces would say so). A piece's optional "knee" adds (e + f*new) *
+max(0, context - K) seconds: beyond K context tokens each costs more (the KV cache outgrows the
+CPU's caches). "new_factors" (optional, with pieces) multiply the price of the values of new whose
+kernels sit off the line at every context. Otherwise by "coef".
 """
 
 from __future__ import annotations
@@ -79,14 +84,16 @@ def linear_form(coef: np.ndarray, new: np.ndarray, context: np.ndarray) -> np.nd
     return a + b * n + c * x + d * n * x
 
 
-Piece = tuple[int, float, np.ndarray]  # (lowest new, highest new or inf, coef)
+# (lowest new, highest new or inf, coef [a, b, c, d], knee: (K, [e, f]) or None)
+Piece = tuple[int, float, np.ndarray, tuple[float, np.ndarray] | None]
 
 
 @dataclass(frozen=True)
 class Profile:
     """A measured profile: per role, ``linear_form`` coefficients fitted to timings, or pieces
-    of them by number of new tokens (then those price), times a measured factor for the values
-    of new whose kernels sit off the line (``factors``: role -> {new: factor}; with pieces)."""
+    of them by number of new tokens (then those price; each may steepen beyond a knee in
+    context), times a measured factor for the values of new whose kernels sit off the line
+    (``factors``: role -> {new: factor}; with pieces)."""
 
     path: str
     coefs: dict[str, np.ndarray]
@@ -95,7 +102,9 @@ class Profile:
 
     @cached_property
     def source(self) -> str:
-        how = " (piecewise in new" + (", per-new factors)" if self.factors else ")")
+        knees = any(pc[3] is not None for pcs in self.pieces.values() for pc in pcs)
+        how = " (piecewise in new" + (", knees" if knees else "") + \
+            (", per-new factors)" if self.factors else ")")
         return f"profile:{self.path}" + (how if self.pieces else "")
 
     def seconds(self, model: str, new: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -106,8 +115,12 @@ class Profile:
             return linear_form(self.coefs[model], new, context)
         n = np.asarray(new)
         out = np.zeros(np.broadcast(n, np.asarray(context)).shape)
-        for lo, hi, coef in self.pieces[model]:  # running max: never cheaper with more tokens
-            at = linear_form(coef, np.minimum(n, hi), context)
+        for lo, hi, coef, knee in self.pieces[model]:  # running max: never cheaper with more
+            m = np.minimum(n, hi)                        # tokens
+            at = linear_form(coef, m, context)
+            if knee is not None:
+                at = at + (knee[1][0] + knee[1][1] * m) * np.maximum(
+                    0.0, np.asarray(context, dtype=np.float64) - knee[0])
             out = np.where(n >= lo, np.maximum(out, at), out)
         for new_at, factor in self.factors.get(model, {}).items():  # measured kernel effects
             out = np.where(n == new_at, out * factor, out)
@@ -133,13 +146,27 @@ def _pieces(path: str, role: str, raw: Any) -> list[Piece]:
             raise LatencyError(f"{path}: model {role!r}: pieces must cover new = 1, 2, ... "
                                f"contiguously (expected a piece from {want})")
         hi = math.inf if rng[1] is None else rng[1]
-        out.append((rng[0], hi, _coef(path, role, piece.get("coef"))))
+        out.append((rng[0], hi, _coef(path, role, piece.get("coef")),
+                    _knee(path, role, piece["knee"]) if "knee" in piece else None))
         want = None if rng[1] is None else rng[1] + 1
         if want is None:
             break
     if want is not None:
         raise LatencyError(f"{path}: model {role!r}: the last piece needs no upper bound (null)")
     return out
+
+
+def _knee(path: str, role: str, raw: Any) -> tuple[float, np.ndarray]:
+    """A validated knee: {"context": K >= 0, "coef": [e, f] finite, >= 0}."""
+    k = raw.get("context") if isinstance(raw, dict) else None
+    coef = np.asarray(raw.get("coef") if isinstance(raw, dict) and
+                      isinstance(raw.get("coef"), list) else [], dtype=np.float64)
+    if not (isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k)
+            and k >= 0 and coef.shape == (2,) and np.isfinite(coef).all()
+            and (coef >= 0).all()):
+        raise LatencyError(f"{path}: model {role!r}: a piece's knee needs a context >= 0 and "
+                           f"2 finite non-negative coefficients, got {raw!r}")
+    return float(k), coef
 
 
 def _factors(path: str, role: str, raw: Any) -> dict[int, float]:

@@ -20,7 +20,9 @@ more tokens or context; every third point held out):
   pieces  that form fitted separately for new = 1, 2..K+1 and the long points (PIECES_FORM,
           ``piece_plan``): on CPU one token runs matrix-vector kernels and skips the attention
           mask, so the cost jumps between new = 1 and 2; "pieces_heldout" gives its held-out
-          errors.
+          errors. A grid piece may carry a knee (``fit_knee``): beyond context K each context
+          token costs (e + f*new) more, where that cuts its squared error by >= KNEE_GAIN (the
+          verifier's multi-token passes at 4096 here).
   new_factors  per grid value of new, a factor on the pieces' price where the CPU's kernels
           make that width consistently dearer or cheaper than the line through its neighbours
           (3 new tokens cost ~24% more than the verifier's piece, and more than 4 do): the
@@ -60,15 +62,17 @@ from simulator.errors import EntrospecError, LatencyError
 from simulator.latency import CONFIG_DIR, PROFILE_SCHEMA, linear_form, load_model_config
 
 FORM = "a + b*new + c*context + d*new*context"
-PIECES_FORM = ("piecewise in new: 'pieces' = [{'new': [lo, hi], 'coef': [a, b, c, d]}, ...] "
-               "(hi null = no bound); seconds = linear form with the piece holding new, times "
-               "'new_factors'[str(new)] where the role has one")
+PIECES_FORM = ("piecewise in new: 'pieces' = [{'new': [lo, hi], 'coef': [a, b, c, d], "
+               "'knee': {'context': K, 'coef': [e, f]}}, ...] (hi null = no bound; knee "
+               "optional); seconds = linear form with the piece holding new, plus (e + f*new) * "
+               "max(0, context - K), times 'new_factors'[str(new)] where the role has one")
 DTYPES = ("float32", "float16", "bfloat16")
 PREFILL_CHUNK = 512  # tokens per pre-fill forward (bounds attention memory)
 LONG_NEW = (32, 96, 256)  # prefill / catch-up lengths (fitted as their own piece only)
 LONG_CONTEXT = (0, 512, 2048)
 FACTOR_MIN = 0.1  # smallest per-new correction applied (relative; the machine's noise is ~10%)
 FACTOR_POINTS = 5  # training contexts a per-new correction needs, all on one side of 1
+KNEE_GAIN = 0.25  # least relative cut in a piece's squared error that keeps a knee (fit_knee)
 QUIET_CORES = 0.1  # other processes may keep at most this many cores busy during a point
 PROBE_CONTEXT = 256  # tokens in the probe's KV cache (Probe)
 TOPK = 10  # k of the decoder's "topk" signal (validator.decoder default)
@@ -410,15 +414,61 @@ def fit_linear(new: np.ndarray, context: np.ndarray, seconds: np.ndarray) -> np.
     return nnls(design / scale / t[:, None], np.ones_like(t))[0] / scale
 
 
+def fit_knee(new: np.ndarray, context: np.ndarray, seconds: np.ndarray
+             ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """``fit_linear``, plus where it pays a knee: ([a, b, c, d], None or {"context": K,
+    "coef": [e, f]}) adding (e + f*new) * max(0, context - K) seconds (``knee_seconds``).
+
+    Beyond some context the attention's KV cache outgrows the CPU's caches and each context
+    token costs more (here the verifier's multi-token passes at 4096: 1.3x the line through the
+    shorter contexts, which then misprices those too). K, one of the points' contexts below the
+    largest, minimises the relative squared error; the knee is kept only where that error falls
+    by at least KNEE_GAIN (a smaller gain is the machine's noise)."""
+    from scipy.optimize import nnls
+
+    coef = fit_linear(new, context, seconds)
+    n, c, t = (np.asarray(x, dtype=np.float64) for x in (new, context, seconds))
+
+    def sse(pred: np.ndarray) -> float:
+        return float((((pred - t) / t) ** 2).sum())
+
+    best, knee = sse(linear_form(coef, n, c)), None
+    limit = best * (1 - KNEE_GAIN)
+    for k in sorted(set(c.tolist()))[:-1]:
+        h = np.maximum(0.0, c - k)
+        design = np.column_stack([np.ones_like(n), n, c, n * c, h, n * h])
+        if np.ptp(n) == 0:
+            design[:, [1, 3, 5]] = 0.0
+        scale = np.where(design.max(axis=0) > 0, design.max(axis=0), 1.0)
+        x = nnls(design / scale / t[:, None], np.ones_like(t))[0] / scale
+        err = sse(design @ x)
+        if err < min(best, limit):
+            best, coef, knee = err, x[:4], {"context": int(k), "coef": [float(v) for v in x[4:]]}
+    return coef, knee
+
+
+def knee_seconds(knee: dict[str, Any] | None, new: np.ndarray, context: np.ndarray
+                 ) -> np.ndarray:
+    """A piece's extra seconds beyond its knee: (e + f*new) * max(0, context - K); 0 if none."""
+    if not knee:
+        return np.zeros(np.broadcast(np.asarray(new), np.asarray(context)).shape)
+    e, f = knee["coef"]
+    beyond = np.maximum(0.0, np.asarray(context, dtype=np.float64) - knee["context"])
+    return (e + f * np.asarray(new, dtype=np.float64)) * beyond
+
+
 def piecewise_seconds(pieces: list[dict[str, Any]], new: np.ndarray,
                       context: np.ndarray) -> np.ndarray:
-    """``linear_form`` with the coefficients of the piece whose [lo, hi] holds ``new``."""
+    """``linear_form`` (plus its knee) with the coefficients of the piece whose [lo, hi] holds
+    ``new``."""
     n = np.asarray(new, dtype=np.float64)
     out = np.full(np.broadcast(n, np.asarray(context)).shape, np.nan)
     for pc in pieces:
         lo, hi = pc["new"]
         inside = (n >= lo) & (n <= (np.inf if hi is None else hi))
-        out = np.where(inside, linear_form(np.asarray(pc["coef"]), n, context), out)
+        price = linear_form(np.asarray(pc["coef"]), n, context) + \
+            knee_seconds(pc.get("knee"), n, context)
+        out = np.where(inside, price, out)
     return out
 
 
@@ -486,8 +536,14 @@ def fit_points(points: list[dict[str, Any]]) -> dict[str, Any]:
     for lo, hi, data in piece_plan(sorted({p["new"] for p in parts["grid"]})):
         inside = [p for p in train["grid"] + train["long"]
                   if (p["new"] in data if data else p["new"] >= lo)]
-        if inside:
-            pieces.append({"new": [lo, hi], "coef": [float(x) for x in fit_linear(*cols(inside))]})
+        if not inside:
+            continue
+        if data:  # grid pieces span the contexts a knee needs; the long points do not
+            piece_coef, knee = fit_knee(*cols(inside))
+        else:
+            piece_coef, knee = fit_linear(*cols(inside)), None
+        pieces.append({"new": [lo, hi], "coef": [float(x) for x in piece_coef],
+                       **({"knee": knee} if knee else {})})
 
     def lin(n: np.ndarray, c: np.ndarray) -> np.ndarray:
         return linear_form(coef, n, c)
@@ -728,6 +784,7 @@ def refit_profile(path: str | Path) -> dict[str, Any]:
             m["by_batch"][b] = {**fit_points(fit["points"]), "points": fit["points"]}
     doc["refit"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pieces": PIECES_FORM,
                     "plan": "validator.calibrate.piece_plan",
+                    "knee": "validator.calibrate.fit_knee",
                     "new_factors": "validator.calibrate.new_factors"}
     write_profile(path, doc)
     return doc

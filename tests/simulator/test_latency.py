@@ -75,6 +75,32 @@ def test_profile_pieces_price_by_new_tokens(tmp_path):
             load_profile(str(path))
 
 
+def test_profile_knee_adds_cost_beyond_its_context(tmp_path):
+    """(e + f*new) * max(0, context - K) on top of the piece's line; the source says so."""
+    pieces = [{"new": [1, 1], "coef": [1.0, 0, 0, 0]},
+              {"new": [2, None], "coef": [2.0, 0, 1e-3, 0],
+               "knee": {"context": 100, "coef": [1e-3, 1e-4]}}]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema": PROFILE_SCHEMA, "models": {
+        "verifier": {"coef": [1.0, 0, 0, 0], "pieces": pieces}}}))
+    lat = load_profile(str(path))
+    got = lat.seconds("verifier", np.array([1, 2, 2, 10]), np.array([300, 50, 300, 300]))
+    assert got.tolist() == pytest.approx([1.0, 2.05, 2.3 + 200 * 1.2e-3, 2.3 + 200 * 2e-3])
+    assert lat.source.endswith("(piecewise in new, knees)")
+
+
+@pytest.mark.parametrize("knee", [{"context": -1, "coef": [0, 0]}, {"context": 8, "coef": [1]},
+                                  {"context": 8, "coef": [-1e-3, 0]}, {"coef": [0, 0]}, 5])
+def test_bad_profile_knee_is_a_one_line_error(tmp_path, knee):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema": PROFILE_SCHEMA, "models": {"verifier": {
+        "coef": [1.0, 0, 0, 0], "pieces": [{"new": [1, None], "coef": [1, 0, 0, 0],
+                                            "knee": knee}]}}}))
+    with pytest.raises(LatencyError, match="knee") as err:
+        load_profile(str(path))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 @pytest.mark.parametrize("pieces", [
     [{"new": [2, None], "coef": [1, 0, 0, 0]}],                     # does not start at 1
     [{"new": [1, 3], "coef": [1, 0, 0, 0]}],                        # bounded last piece

@@ -22,6 +22,7 @@ from validator.calibrate import (  # noqa: E402
     app,
     calibrate,
     calibrate_roles,
+    fit_knee,
     fit_linear,
     fit_points,
     hf_config,
@@ -82,6 +83,23 @@ def test_new_factors_follow_a_consistent_kernel_effect_and_ignore_noise() -> Non
     assert fit["pieces_heldout"]["grid"]["max_rel_err"] < 0.12
     pts[1]["median_s"] /= 1.5  # one context of new = 3 on the other side: no longer consistent
     assert "3" not in fit_points(pts)["new_factors"]
+
+
+def test_knee_follows_a_steeper_cost_beyond_a_context_and_ignores_noise() -> None:
+    """Each context token beyond 1024 costs 3x: fit_knee finds K = 1024 and the exact
+    coefficients; +-3% noise on a straight line gets no knee."""
+    coef, extra = np.array([9e-2, 2e-3, 2e-6, 1e-8]), np.array([4e-6, 2e-8])
+    n, c = (g.ravel().astype(float) for g in np.meshgrid(
+        [2, 3, 4, 6, 8, 12, 17], [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]))
+    t = linear_form(coef, n, c) + (extra[0] + extra[1] * n) * np.maximum(0, c - 1024)
+    got, knee = fit_knee(n, c, t)
+    assert knee is not None and knee["context"] == 1024
+    np.testing.assert_allclose(got, coef, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(knee["coef"], extra, rtol=1e-5)
+    pieces = [{"new": [2, None], "coef": list(got), "knee": knee}]
+    np.testing.assert_allclose(piecewise_seconds(pieces, n, c), t, rtol=1e-9)
+    noisy = linear_form(coef, n, c) * (1 + np.random.default_rng(1).uniform(-.03, .03, n.size))
+    assert fit_knee(n, c, noisy)[1] is None
 
 
 def test_fit_refuses_too_few_points() -> None:
