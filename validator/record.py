@@ -64,7 +64,7 @@ from simulator.errors import EntrospecError
 from simulator.trace import META_KEY, OPTIONAL, REQUIRED, build_table, write_parquet_atomic
 
 from .datasets import Prompt
-from .drafter import drafter_hidden, shift_features, uses_features
+from .drafter import drafter_hidden, head_token_ids, shift_features, uses_features
 
 STATS = ("entropy", "top1_prob", "renyi2_entropy", "topk_entropy", "margin")
 FREERUN = {"entropy": "freerun_entropy", "top1_prob": "freerun_top1_prob",
@@ -292,15 +292,22 @@ def roomy(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int) -> Cac
 
 @torch.inference_mode()
 def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, models: Models,
-             uniforms: torch.Tensor | None, on_step: Callable[[int], None] | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Verifier generation: (tokens (B, T) padded, lengths (B,) incl. EOS, logits (B, T, V))."""
+             uniforms: torch.Tensor | None, on_step: Callable[[int], None] | None = None,
+             states: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Verifier generation: (tokens (B, T) padded, lengths (B,) incl. EOS, logits (B, T, V),
+    and with ``states`` its final-norm hidden states over the layout of ``_layout`` (B, L + T -
+    1, d): the prompt columns from the prefill, column L + t from the step that fed y_t; else
+    None). A feature drafter reads those (``verifier_features``) without another verifier pass
+    over prompt + answer."""
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, models.pad_id, device)
     eos = torch.tensor(models.eos_ids, device=device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
-                logits_to_keep=1)
+    out = model.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                      use_cache=True)
     n, steps = len(prompts), cfg.max_new_tokens
+    hid: list[torch.Tensor] = [out.last_hidden_state] if states else []
+    logits_last = model.lm_head(out.last_hidden_state[:, -1:])
     cache = roomy([(layer.keys, layer.values) for layer in out.cache.layers], steps)
     nxt = mask.sum(-1, keepdim=True)
     tokens = torch.full((n, steps), models.pad_id, dtype=torch.long, device=device)
@@ -308,7 +315,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, mo
     done = torch.zeros(n, dtype=torch.bool, device=device)
     buf: torch.Tensor | None = None
     for s in range(steps):
-        logit = out.logits[:, -1]
+        logit = logits_last[:, -1]
         if buf is None:
             buf = torch.empty((n, steps, logit.shape[-1]), dtype=logit.dtype, device=device)
         buf[:, s] = logit
@@ -326,12 +333,16 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], cfg: RecordConfig, mo
         if s == steps - 1 or bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt,
-                    cache=cache, use_cache=True)
+        out = model.model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt,
+                          cache=cache, use_cache=True)
+        logits_last = model.lm_head(out.last_hidden_state)
+        if states:
+            hid.append(out.last_hidden_state)
         nxt = nxt + 1
     width = int(lengths.max())
     assert buf is not None
-    return tokens[:, :width], lengths, buf[:, :width]
+    kept = torch.cat(hid, 1)[:, :ids.shape[1] + width - 1] if states else None
+    return tokens[:, :width], lengths, buf[:, :width], kept
 
 
 def _layout(prompts: Sequence[Sequence[int]], tokens: torch.Tensor, lengths: torch.Tensor,
@@ -343,15 +354,13 @@ def _layout(prompts: Sequence[Sequence[int]], tokens: torch.Tensor, lengths: tor
     return torch.cat([ids, tokens[:, :width - 1]], 1), torch.cat([mask, gen_mask], 1)
 
 
-@torch.inference_mode()
-def verifier_features(model: Any, prompts: Sequence[Sequence[int]], tokens: torch.Tensor,
-                      lengths: torch.Tensor, pad: int) -> torch.Tensor:
+def verifier_features(states: torch.Tensor, prompts: Sequence[Sequence[int]],
+                      tokens: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
     """What a feature drafter reads at each column of the teacher-forced layout: the verifier's
-    final-norm hidden state of the column before (zero before a prompt's first token), (B, C, d)."""
-    ids, mask = _layout(prompts, tokens, lengths, pad, next(model.parameters()).device)
-    h = model.model(input_ids=ids, attention_mask=mask,
-                    position_ids=positions(mask)).last_hidden_state
-    return shift_features(h * mask[..., None].to(h.dtype))
+    final-norm hidden state of the column before (zero before a prompt's first token and on
+    padding), (B, C, d); ``states`` as ``generate`` keeps them."""
+    _, mask = _layout(prompts, tokens, lengths, pad, states.device)
+    return shift_features(states * mask[..., None].to(states.dtype))
 
 
 @torch.inference_mode()
@@ -385,8 +394,14 @@ def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
     (B, T, d)) feeds ``first`` on its own state at (b, t), then each step on the step before's,
     as the decoder drafts past the verified prefix. Returns each of FREERUN's signals as
     (R, K_max) on the CPU.
+
+    A subset head's law is zero off its m tokens, so the signals and draws are computed over
+    its m logits (the same values as over the full row up to float rounding; the draws pick the
+    same tokens: the inverse CDF has the same steps): the full-vocabulary statistics were ~25%
+    of a feature-drafter recording (py-spy).
     """
     device = mask.device
+    subset = head_token_ids(model)
     rows_b, rows_t, first = rows_b.cpu(), rows_t.cpu(), first.cpu()
     r, k = rows_b.numel(), cfg.k_max
     res = {s: torch.empty((r, k), dtype=torch.float32) for s in FREERUN}
@@ -407,14 +422,17 @@ def freerun(model: Any, cache: Any, mask: torch.Tensor, width_prompt: int,
             h = drafter_hidden(model, tok[:, None], None if prev is None else prev[:, None],
                                attention_mask=m, position_ids=pos + j, cache=sub,
                                use_cache=True).last_hidden_state[:, -1]
-            logits, prev = model.lm_head(h), None if prev is None else h
+            logits = model.lm_head(h) if subset is None else model.lm_head.subset_logits(h)
+            prev = None if prev is None else h
             stats, q = dist_stats(logits, cfg.temperature, cfg.topk)
             for s in FREERUN:
                 res[s][idx, j] = stats[s].cpu()
-            res["draft"][idx, j] = q.argmax(-1).cpu()
+            top = q.argmax(-1)
+            res["draft"][idx, j] = (top if subset is None else subset[top]).cpu()
             if j < k - 1:
-                tok = q.argmax(-1) if cfg.greedy else \
+                tok = top if cfg.greedy else \
                     sample(q, uniforms[idx, j + 1].to(device))  # type: ignore[index]
+                tok = tok if subset is None else subset[tok]
     return res
 
 
@@ -449,7 +467,9 @@ def record_group(models: Models, prompts: Sequence[Prompt], ids: Sequence[Sequen
 
     uv = None if cfg.greedy else torch.stack(
         [_uniforms(cfg, p.prompt_id, (cfg.max_new_tokens,), "verifier") for p in prompts])
-    tokens, lengths, p_logits = generate(models.verifier, ids, cfg, models, uv, on_step)
+    any_chain = any(uses_features(d) for d in models.drafters.values())
+    tokens, lengths, p_logits, states = generate(models.verifier, ids, cfg, models, uv, on_step,
+                                                 states=any_chain)
     lap("generate")
     lens = lengths.cpu().numpy()
     tok_np = tokens.cpu().numpy()
@@ -477,10 +497,9 @@ def record_group(models: Models, prompts: Sequence[Prompt], ids: Sequence[Sequen
     base["verifier_margin"] = torch.cat([s["margin"] for s in vstats]).cpu().numpy()
     blocks: list[dict[str, Any]] = []
     feats = None
-    any_chain = any(uses_features(d) for d in models.drafters.values())
-    if any_chain:
-        feats = verifier_features(models.verifier, ids, tokens, lengths, models.pad_id)
-        lap("verifier_features")
+    if states is not None:
+        feats = verifier_features(states, ids, tokens, lengths, models.pad_id)
+        del states
     for name, drafter in models.drafters.items():
         q_logits, cache, mask, hid = teacher_force(drafter, ids, tokens, lengths, models.pad_id,
                                                    feats)

@@ -162,6 +162,54 @@ def test_every_column_equals_a_direct_computation(models, prompts, traces, tempe
             assert all(len(v) == cfg.k_max for v in r.freerun_entropy[has])
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_subset_head_free_runs_equal_those_over_the_full_row(models, prompts, tmp_path,
+                                                            monkeypatch, temperature):
+    """Free-runs of a subset-head drafter, computed over its m logits, equal those computed over
+    the full row (-inf off the subset): signals to float rounding, drafts token for token."""
+    from validator import record as rec
+    from validator.drafter import set_subset_head
+
+    sub = build_drafter(models.verifier, 1, [1])
+    set_subset_head(sub, models.verifier, torch.arange(3, VOCAB, 2))
+    many = Models(models.verifier, {"d-sub": sub}, (EOS,), PAD)
+    meta = {**META, "drafters": [{"name": "d-sub"}]}
+    cfg = _cfg(temperature)
+    record(many, *prompts, cfg, tmp_path / "subset.parquet", meta, decode=decode)
+    monkeypatch.setattr(rec, "head_token_ids", lambda model: None)  # the full-row path
+    record(many, *prompts, cfg, tmp_path / "full.parquet", meta, decode=decode)
+    a, b = (read_trace(tmp_path / f"{n}.parquet") for n in ("subset", "full"))
+    assert np.array_equal(a.token_id, b.token_id) and np.array_equal(a.match, b.match)
+    has = ~np.isnan(a.freerun["entropy"][0, :, 0])
+    assert has.sum() >= 5 and np.array_equal(has, ~np.isnan(b.freerun["entropy"][0, :, 0]))
+    for name in a.freerun:
+        np.testing.assert_allclose(a.freerun[name], b.freerun[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_generation_keeps_the_verifier_states_a_teacher_forced_pass_computes(models, prompts):
+    """generate(states=True): the final-norm states at every column of the teacher-forced layout
+    (prompt columns from the prefill, answer columns from the steps), as one pass over prompt +
+    answer computes them, to float rounding; tokens and logits as without states."""
+    from validator.record import _layout, generate, positions, verifier_features
+
+    cfg = _cfg(0.0)
+    tokens, lengths, logits, states = generate(models.verifier, prompts[1], cfg, models, None,
+                                               states=True)
+    again = generate(models.verifier, prompts[1], cfg, models, None)
+    assert again[3] is None and torch.equal(again[0], tokens) and torch.equal(again[2], logits)
+    ids, mask = _layout(prompts[1], tokens, lengths, PAD, tokens.device)
+    with torch.no_grad():
+        want = models.verifier.model(input_ids=ids, attention_mask=mask,
+                                     position_ids=positions(mask)).last_hidden_state
+    assert states is not None and states.shape == want.shape
+    live = mask.bool()
+    torch.testing.assert_close(states[live], want[live], rtol=1e-4, atol=1e-5)
+    feats = verifier_features(states, prompts[1], tokens, lengths, PAD)
+    assert torch.equal(feats[:, 0], torch.zeros_like(feats[:, 0]))
+    torch.testing.assert_close(feats[:, 1:], (states * mask[..., None])[:, :-1])
+
+
 def test_standard_rule_emits_p_exactly():
     g = torch.Generator().manual_seed(0)
     z = torch.randn((50, 40), generator=g) * 3
