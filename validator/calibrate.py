@@ -521,8 +521,11 @@ def fit_points(points: list[dict[str, Any]]) -> dict[str, Any]:
             return {"points": 0}
         n, c, t = cols(pts)
         err = np.abs(fn(n, c) - t) / t
-        return {"points": len(pts), "median_rel_err": float(np.median(err)),
-                "max_rel_err": float(err.max())}
+        out = {"points": len(pts), "median_rel_err": float(np.median(err)),
+               "max_rel_err": float(err.max())}
+        if all("spread" in p for p in pts):  # the point's own repeat: the floor of any fit
+            out["within_spread"] = int(np.sum(err <= [p["spread"] for p in pts]))
+        return out
 
     parts = {k: [p for p in points if (p["piece"] == "long") == (k == "long")]
              for k in ("grid", "long")}
@@ -856,7 +859,8 @@ def calibrate_cmd(
         h, g = m["heldout"], m["pieces_heldout"]["grid"]
         typer.echo(f"{role}: held-out error, linear form: median {h['median_rel_err']:.1%} max "
                    f"{h['max_rel_err']:.1%}; pieces: median {g['median_rel_err']:.1%} max "
-                   f"{g['max_rel_err']:.1%}")
+                   f"{g['max_rel_err']:.1%}" + (f"; {g['within_spread']} of {g['points']} within "
+                   "their sweep-to-sweep spread" if "within_spread" in g else ""))
     typer.echo(f"wrote {out}")
 
 

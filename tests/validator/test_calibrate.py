@@ -85,6 +85,23 @@ def test_new_factors_follow_a_consistent_kernel_effect_and_ignore_noise() -> Non
     assert "3" not in fit_points(pts)["new_factors"]
 
 
+def test_heldout_errors_count_the_points_within_their_own_sweep_spread() -> None:
+    """A held-out point counts when the fit misses it by no more than its sweep-to-sweep spread:
+    exact timings count at any spread; a point pushed 20% off counts only with a wider one."""
+    coef = np.array([9e-2, 2e-3, 2e-6, 1e-8])
+    pts = [{"new": n, "context": c, "piece": "grid", "spread": 0.1,
+            "median_s": float(linear_form(coef, n, c))}
+           for c in (4096, 1024, 256, 64, 16) for n in (2, 3, 4, 6, 8, 12)]
+    got = fit_points(pts)["pieces_heldout"]["grid"]
+    assert got["within_spread"] == got["points"] == 10
+    pts[2]["median_s"] *= 1.25  # held out (every third point): missed by 20%
+    assert fit_points(pts)["pieces_heldout"]["grid"]["within_spread"] == 9
+    pts[2]["spread"] = 0.3
+    assert fit_points(pts)["pieces_heldout"]["grid"]["within_spread"] == 10
+    del pts[2]["spread"]  # a profile from before spreads were stored: no count
+    assert "within_spread" not in fit_points(pts)["pieces_heldout"]["grid"]
+
+
 def test_knee_follows_a_steeper_cost_beyond_a_context_and_ignores_noise() -> None:
     """Each context token beyond 1024 costs 3x: fit_knee finds K = 1024 and the exact
     coefficients; +-3% noise on a straight line gets no knee."""
